@@ -1,0 +1,176 @@
+"""Consent per subject and purpose: append-only history, signed receipts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import g
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import ValidationError, fields, validate, validates
+
+from gateway import keyring, policies
+from gateway.api.auth import authorize, may_use
+from gateway.api.strict import StrictBoolean, StrictSchema, check_subject_id
+from gateway.audit.chain import Action, AuditRecord, append
+from gateway.errors import GatewayError
+from gateway.policy.engine import consent_status, grant_expiry
+from gateway.policy.model import Purpose
+from gateway.store.clients import Role
+from gateway.store.consents import as_events, consent_records, receipt, record_consent
+from gateway.store.db import write_transaction
+from gateway.store.models import ConsentRecord
+from gateway.store.subjects import ensure_subject, find_subject
+
+blp = Blueprint("consents", __name__, url_prefix="/v1/subjects", description="Consent")
+
+SUBJECT_PATH = "/<string:subject_id>/consents"
+
+
+class ConsentChangeSchema(StrictSchema):
+    granted = StrictBoolean(required=True)
+    source = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    notice_version = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    expires_at = fields.AwareDateTime(load_default=None)
+
+    @validates("expires_at")
+    def _future(self, value: datetime | None, **_: Any) -> None:
+        if value is not None and value <= datetime.now(UTC):
+            raise ValidationError("Must be in the future.")
+
+
+class ReceiptSchema(StrictSchema):
+    payload = fields.Dict()
+    algorithm = fields.String()
+    signature = fields.String()
+
+
+class ConsentRecordSchema(StrictSchema):
+    purpose = fields.String()
+    granted = StrictBoolean()
+    source = fields.String()
+    notice_version = fields.String()
+    recorded_at = fields.AwareDateTime()
+    expires_at = fields.AwareDateTime(allow_none=True)
+    client = fields.String()
+    receipt = fields.Nested(ReceiptSchema)
+
+
+class PurposeConsentSchema(StrictSchema):
+    purpose = fields.String()
+    legal_basis = fields.String()
+    state = fields.String()
+    lawful = StrictBoolean()
+    reason = fields.String()
+    expires_at = fields.AwareDateTime(allow_none=True)
+    history = fields.List(fields.Nested(ConsentRecordSchema))
+
+
+class SubjectConsentsSchema(StrictSchema):
+    subject_id = fields.String()
+    purposes = fields.List(fields.Nested(PurposeConsentSchema))
+
+
+def _purpose(purpose_id: str) -> Purpose:
+    found = policies().purposes.get(purpose_id)
+    if found is None:
+        raise GatewayError(
+            404, "unknown_purpose", "Unknown purpose.", {"purpose": [f"Unknown: '{purpose_id}'."]}
+        )
+    return found
+
+
+def _record(record: ConsentRecord, purpose: Purpose) -> dict[str, Any]:
+    return {
+        "purpose": record.purpose,
+        "granted": record.granted,
+        "source": record.source,
+        "notice_version": record.notice_version,
+        "recorded_at": record.recorded_at,
+        "expires_at": grant_expiry(purpose, as_events([record])[0]) if record.granted else None,
+        "client": record.client,
+        "receipt": receipt(record, keyring()),
+    }
+
+
+def _purpose_state(purpose: Purpose, records: list[ConsentRecord], now: datetime) -> dict[str, Any]:
+    status = consent_status(purpose, as_events(records), now)
+    return {
+        "purpose": purpose.id,
+        "legal_basis": purpose.legal_basis.value,
+        "state": status.state.value,
+        "lawful": status.lawful,
+        "reason": status.reason.value,
+        "expires_at": status.expires_at,
+        "history": [_record(r, purpose) for r in reversed(records)],
+    }
+
+
+@blp.route(SUBJECT_PATH)
+class SubjectConsents(MethodView):
+    @blp.response(200, SubjectConsentsSchema)
+    def get(self, subject_id: str) -> dict[str, Any]:
+        """Consent state and history per purpose (an app sees its own purposes only)."""
+        client = authorize(Role.APP, Role.AUDITOR, Role.ADMIN)
+        check_subject_id(subject_id)
+        subject = find_subject(keyring().pseudonym(subject_id))
+        now = datetime.now(UTC)
+        records = consent_records(subject)
+        visible = [p for p in policies().purposes.values() if may_use(client, p.id)]
+        states = [
+            _purpose_state(p, [r for r in records if r.purpose == p.id], now) for p in visible
+        ]
+        return {"subject_id": subject_id, "purposes": states}
+
+
+@blp.route(SUBJECT_PATH + "/<string:purpose>")
+class SubjectPurposeConsent(MethodView):
+    @blp.response(200, PurposeConsentSchema)
+    def get(self, subject_id: str, purpose: str) -> dict[str, Any]:
+        """Consent state and history for one purpose."""
+        found = _purpose(purpose)
+        authorize(Role.APP, Role.AUDITOR, Role.ADMIN, purpose=purpose)
+        check_subject_id(subject_id)
+        subject = find_subject(keyring().pseudonym(subject_id))
+        return _purpose_state(found, consent_records(subject, purpose), datetime.now(UTC))
+
+    @blp.arguments(ConsentChangeSchema)
+    @blp.response(200, ConsentRecordSchema)
+    def put(self, change: dict[str, Any], subject_id: str, purpose: str) -> dict[str, Any]:
+        """Record a grant or withdrawal (effective at once); returns a signed receipt."""
+        found = _purpose(purpose)
+        client = authorize(Role.APP, Role.ADMIN, purpose=purpose)
+        check_subject_id(subject_id)
+        now = datetime.now(UTC)
+        pseudonym = keyring().pseudonym(subject_id)
+        with write_transaction():
+            subject = ensure_subject(keyring(), pseudonym, now)
+            record = record_consent(
+                subject,
+                purpose=purpose,
+                client=client.name,
+                policy_hash=policies().hash,
+                keyring=keyring(),
+                now=now,
+                **change,
+            )
+            action = Action.CONSENT_GRANT if record.granted else Action.CONSENT_WITHDRAW
+            append(
+                AuditRecord(
+                    actor=client.name,
+                    action=action,
+                    policy_hash=policies().hash,
+                    subject=pseudonym,
+                    purpose=purpose,
+                    outcome="recorded",
+                    fields={
+                        "source": record.source,
+                        "notice_version": record.notice_version,
+                        "receipt_id": record.receipt_id,
+                    },
+                    request_id=g.request_id,
+                ),
+                now,
+            )
+        return _record(record, found)

@@ -1,0 +1,109 @@
+"""Read-only views of the active policy set, the database registry and the public signing key."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import fields
+
+from gateway import keyring, policies
+from gateway.api.auth import authorize
+from gateway.api.strict import StrictBoolean, StrictSchema
+from gateway.crypto import SIGNATURE_ALGORITHM
+from gateway.errors import GatewayError
+from gateway.policy.model import Registration
+from gateway.store.clients import Role
+
+blp = Blueprint("documents", __name__, url_prefix="/v1", description="Policies and registry")
+
+
+class PoliciesSchema(StrictSchema):
+    policy_hash = fields.String()
+    categories = fields.Dict()
+    purposes = fields.Dict()
+
+
+class RegistrationSchema(StrictSchema):
+    id = fields.String()
+    name = fields.String()
+    controller = fields.String()
+    security_officer = fields.String()
+    purposes = fields.List(fields.String())
+    categories = fields.List(fields.String())
+    location = fields.String()
+    transfers = fields.List(fields.String())
+    reference = fields.String()
+    review_by = fields.Date()
+    active = StrictBoolean()
+
+
+class RegistryListSchema(StrictSchema):
+    policy_hash = fields.String()
+    databases = fields.List(fields.Nested(RegistrationSchema))
+
+
+class PublicKeySchema(StrictSchema):
+    key_id = fields.String()
+    algorithm = fields.String()
+    public_key = fields.String(metadata={"description": "Raw Ed25519 key, base64url"})
+    public_key_pem = fields.String()
+
+
+def _registration(registration: Registration, now: datetime) -> dict[str, Any]:
+    return {**registration.__dict__, "active": not registration.expired(now)}
+
+
+@blp.route("/policies")
+class Policies(MethodView):
+    @blp.response(200, PoliciesSchema)
+    def get(self) -> dict[str, Any]:
+        """The active policy set (categories and purposes) and its content hash."""
+        authorize(Role.AUDITOR, Role.ADMIN)
+        active = policies()
+        return {"policy_hash": active.hash, **active.documents["policies"]}
+
+
+@blp.route("/registry/databases")
+class Databases(MethodView):
+    @blp.response(200, RegistryListSchema)
+    def get(self) -> dict[str, Any]:
+        """Every registered database; `active` is false past its review date."""
+        authorize(Role.AUDITOR, Role.ADMIN)
+        now = datetime.now(UTC)
+        found = policies().databases.values()
+        return {"policy_hash": policies().hash, "databases": [_registration(r, now) for r in found]}
+
+
+@blp.route("/registry/databases/<string:database_id>")
+class Database(MethodView):
+    @blp.response(200, RegistrationSchema)
+    def get(self, database_id: str) -> dict[str, Any]:
+        """One registered database."""
+        authorize(Role.AUDITOR, Role.ADMIN)
+        registration = policies().databases.get(database_id)
+        if registration is None:
+            raise GatewayError(
+                404,
+                "unknown_database",
+                "Unknown database.",
+                {"database_id": [f"Not a registered database: '{database_id}'."]},
+            )
+        return _registration(registration, datetime.now(UTC))
+
+
+@blp.route("/keys/signing")
+class SigningKey(MethodView):
+    @blp.response(200, PublicKeySchema)
+    def get(self) -> dict[str, Any]:
+        """The public key that verifies consent receipts (and audit checkpoints)."""
+        authorize(Role.APP, Role.AUDITOR, Role.ADMIN)
+        ring = keyring()
+        return {
+            "key_id": ring.key_id,
+            "algorithm": SIGNATURE_ALGORITHM,
+            "public_key": ring.public_key,
+            "public_key_pem": ring.public_key_pem,
+        }

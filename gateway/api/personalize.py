@@ -1,0 +1,171 @@
+"""POST /v1/personalize: auth -> schema -> store -> decide -> score -> audit -> response."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import current_app, g, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from gateway import keyring, policies, scoring
+from gateway.api.auth import authorize
+from gateway.api.strict import Scalar, StrictBoolean, StrictFloat, StrictSchema, SubjectIdField
+from gateway.audit.chain import Action, AuditRecord, append
+from gateway.errors import GatewayError
+from gateway.policy.engine import Decision, decide
+from gateway.policy.model import Outcome
+from gateway.store.clients import Role
+from gateway.store.consents import as_events, consent_records
+from gateway.store.db import write_transaction
+from gateway.store.profiles import holdings, read_profile
+from gateway.store.subjects import find_subject
+
+blp = Blueprint("personalize", __name__, url_prefix="/v1", description="Governed rankings")
+
+
+class CandidateSchema(StrictSchema):
+    id = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    category = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    popularity = StrictFloat(validate=validate.Range(min=0))
+    features = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=64)), values=Scalar()
+    )
+
+
+class PersonalizeSchema(StrictSchema):
+    subject_id = SubjectIdField
+    purpose = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    candidates = fields.List(fields.Nested(CandidateSchema), required=True)
+    context = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), values=Scalar())
+    limit = fields.Integer(strict=True, validate=validate.Range(min=1, max=1000))
+
+    @validates_schema
+    def _candidates(self, data: dict[str, Any], **_: Any) -> None:
+        candidates = data.get("candidates", [])
+        most = current_app.config["MAX_CANDIDATES"]
+        if not 1 <= len(candidates) <= most:
+            raise ValidationError(f"Give between 1 and {most} candidates.", "candidates")
+        ids = [c["id"] for c in candidates]
+        if len(set(ids)) != len(ids):
+            raise ValidationError("Candidate ids must be unique.", "candidates")
+
+
+class ExplainArgs(StrictSchema):
+    explain = fields.Boolean(load_default=False)
+
+
+class ItemSchema(StrictSchema):
+    id = fields.String()
+    score = fields.Float()
+    contributions = fields.Dict(keys=fields.String(), values=fields.Float())
+
+
+class DroppedSchema(StrictSchema):
+    field = fields.String()
+    database = fields.String()
+    reason = fields.String()
+    count = fields.Integer()
+
+
+class DecisionSchema(StrictSchema):
+    decision_id = fields.String()
+    outcome = fields.String()
+    personalized = StrictBoolean()
+    items = fields.List(fields.Nested(ItemSchema))
+    excluded = fields.List(fields.String())
+    reasons = fields.List(fields.String())
+    fields_used = fields.List(fields.String())
+    fields_dropped = fields.List(fields.Nested(DroppedSchema))
+    policy_hash = fields.String()
+
+
+def _rank(decision: Decision, body: dict[str, Any], now: datetime) -> scoring.Ranking:
+    candidates = [scoring.Candidate(**c) for c in body["candidates"]]
+    limit = body.get("limit", len(candidates))
+    if decision.outcome is Outcome.DENY:
+        return scoring.Ranking(())
+    if decision.outcome is Outcome.FALLBACK:
+        return scoring.rank_popular(candidates, limit=limit)
+    subject = find_subject(keyring().pseudonym(body["subject_id"]))
+    profile = read_profile(subject, decision.reads, keyring())
+    rules = policies().purposes[decision.purpose].scoring
+    return scoring.rank(candidates, profile, rules, now=now, limit=limit)
+
+
+def _audit_record(decision: Decision, decision_id: str, pseudonym: str) -> AuditRecord:
+    return AuditRecord(
+        actor=g.client.name,
+        action=Action.DECISION,
+        policy_hash=decision.policy_hash,
+        subject=pseudonym,
+        purpose=decision.purpose,
+        outcome=decision.outcome.value,
+        reasons=[r.value for r in decision.reasons],
+        fields={
+            "used": list(decision.fields_used),
+            "dropped": [
+                f"{d.field}@{d.database}:{d.reason.value}" for d in decision.fields_dropped
+            ],
+        },
+        request_id=g.request_id,
+        decision_id=decision_id,
+    )
+
+
+def _response(decision: Decision, decision_id: str, ranking: scoring.Ranking, explain: bool):
+    items: list[dict[str, Any]] = [{"id": i.id, "score": i.score} for i in ranking.items]
+    if explain:
+        for item, scored in zip(items, ranking.items, strict=True):
+            item["contributions"] = dict(scored.contributions)
+    body: dict[str, Any] = {
+        "decision_id": decision_id,
+        "outcome": decision.outcome.value,
+        "personalized": decision.personalized,
+        "items": items,
+        "reasons": [r.value for r in decision.reasons],
+        "fields_used": list(decision.fields_used),
+        "fields_dropped": [
+            {"field": d.field, "database": d.database, "reason": d.reason.value, "count": d.count}
+            for d in decision.fields_dropped
+        ],
+        "policy_hash": decision.policy_hash,
+    }
+    if explain:
+        body["excluded"] = list(ranking.excluded)
+    return body
+
+
+@blp.route("/personalize")
+class Personalize(MethodView):
+    @blp.arguments(ExplainArgs, location="query", as_kwargs=True)
+    @blp.arguments(PersonalizeSchema)
+    @blp.response(200, DecisionSchema)
+    def post(self, body: dict[str, Any], explain: bool) -> dict[str, Any]:
+        """Rank candidates for a subject, personalized only where policy and consent allow."""
+        purpose = body["purpose"]
+        if purpose not in policies().purposes:
+            raise GatewayError(
+                422, "unknown_purpose", "Unknown purpose.", {"purpose": [f"Unknown: '{purpose}'."]}
+            )
+        authorize(Role.APP, Role.ADMIN, purpose=purpose)
+        now = datetime.now(UTC)
+        pseudonym = keyring().pseudonym(body["subject_id"])
+        subject = find_subject(pseudonym)
+        gpc = request.headers.get("Sec-GPC", "").strip() == "1"
+        decision = decide(
+            purpose,
+            gpc=gpc,
+            consents=as_events(consent_records(subject)),
+            holdings=holdings(subject),
+            policies=policies(),
+            now=now,
+        )
+        ranking = _rank(decision, body, now)
+        decision_id = str(uuid.uuid4())
+        with write_transaction():
+            append(_audit_record(decision, decision_id, pseudonym), now)
+        return _response(decision, decision_id, ranking, explain)

@@ -1,0 +1,203 @@
+"""The `gateway` command; the same commands answer to `flask --app gateway ...`.
+
+gateway init                                  # instance folder, keyring, tables
+gateway clients add web-shop --role app --purpose recommendations
+gateway policy check --policies policies --registry registry
+gateway serve --host 127.0.0.1 --port 8000 --workers 2
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup, FlaskGroup
+
+from gateway.audit.chain import Action, AuditRecord, append
+from gateway.crypto import Keyring
+from gateway.policy.documents import PolicyError, load_policy_set
+from gateway.store.clients import ClientError, Role, client_purposes, create_client, list_clients
+from gateway.store.clients import revoke_client as revoke
+from gateway.store.db import database, write_transaction
+from gateway.store.models import create_tables
+
+
+def _create_app() -> Flask:
+    from gateway import create_app
+
+    try:
+        return create_app()
+    except PolicyError as exc:
+        click.echo("The policy documents are invalid:", err=True)
+        for line in exc.problems:
+            click.echo(f"  {line}", err=True)
+        sys.exit(1)
+
+
+main = FlaskGroup(
+    name="gateway",
+    create_app=_create_app,
+    add_version_option=False,
+    load_dotenv=False,
+    help="Operate the consent-governed personalization gateway.",
+)
+
+
+def operator() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def initialize(app: Flask) -> Keyring:
+    """Create the instance folder, the keyring (once, mode 0600) and the tables. Idempotent."""
+    home = Path(app.config["HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    path = Path(app.config["KEYRING"])
+    if not path.exists():
+        Keyring.generate().save(path)
+        click.echo(f"created keyring {path}")
+    with database.connection_context():
+        create_tables()
+    from gateway import keyring
+
+    return keyring()
+
+
+@click.command("init")
+def init_command() -> None:
+    """Create the instance folder, keyring and database tables (safe to run again)."""
+    initialize(current_app)
+    click.echo(f"ready: {current_app.config['DATABASE_URL']}")
+
+
+policy = click.Group("policy", help="Validate the policy documents and registry.")
+
+
+@policy.command("check")
+@click.option("--policies", "policies_dir", type=click.Path(), default=None)
+@click.option("--registry", "registry_dir", type=click.Path(), default=None)
+def policy_check(policies_dir: str | None, registry_dir: str | None) -> None:
+    """Validate policies/ and registry/; print the policy hash; exit 1 on error."""
+    policies_dir = policies_dir or os.environ.get("GATEWAY_POLICIES", "policies")
+    registry_dir = registry_dir or os.environ.get("GATEWAY_REGISTRY", "registry")
+    try:
+        found = load_policy_set(policies_dir, registry_dir)
+    except PolicyError as exc:
+        for line in exc.problems:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(1)
+    today = datetime.now(UTC)
+    for registration in found.databases.values():
+        if registration.expired(today):
+            click.echo(
+                f"warning: {registry_dir}: databases.{registration.id}.review_by: "
+                f"{registration.review_by} has passed; its data is refused until it is reviewed",
+                err=True,
+            )
+    click.echo(
+        f"ok: {len(found.categories)} categories, {len(found.purposes)} purposes, "
+        f"{len(found.databases)} databases"
+    )
+    click.echo(f"policy_hash: {found.hash}")
+
+
+main.add_command(policy)
+
+clients = AppGroup("clients", help="Manage API clients.")
+
+
+def _audit_client(action: Action, name: str, fields: dict[str, Any]) -> None:
+    from gateway import policies
+
+    append(
+        AuditRecord(
+            actor=operator(),
+            action=action,
+            policy_hash=policies().hash,
+            outcome="recorded",
+            fields={"client": name, **fields},
+        ),
+        datetime.now(UTC),
+    )
+
+
+@clients.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+@click.option("--purpose", "purposes", multiple=True, help="A purpose the client may use.")
+def clients_add(name: str, role: str, purposes: tuple[str, ...]) -> None:
+    """Create a client; its key is printed once, on the last line."""
+    from gateway import policies
+
+    unknown = sorted(set(purposes) - set(policies().purposes))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown purpose(s): {', '.join(unknown)}", param_hint="--purpose"
+        )
+    if role == Role.APP and not purposes:
+        raise click.BadParameter("an app client needs at least one purpose", param_hint="--purpose")
+    with database.connection_context(), write_transaction():
+        try:
+            client, key = create_client(name, Role(role), list(purposes), datetime.now(UTC))
+        except ClientError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _audit_client(
+            Action.CLIENT_CREATE, name, {"role": role, "purposes": client_purposes(client)}
+        )
+    click.echo(f"created {role} client {name!r}; keep this key, it is not shown again:")
+    click.echo(key)
+
+
+@clients.command("list")
+def clients_list() -> None:
+    """List clients (never their keys)."""
+    with database.connection_context():
+        for client in list_clients():
+            state = f"revoked {client.revoked_at:%Y-%m-%d}" if client.revoked_at else "active"
+            purposes = ",".join(client_purposes(client)) or "-"
+            click.echo(f"{client.name}\t{client.role}\t{purposes}\t{state}")
+
+
+@clients.command("revoke")
+@click.argument("name")
+def clients_revoke(name: str) -> None:
+    """Revoke a client's key at once."""
+    with database.connection_context(), write_transaction():
+        try:
+            revoke(name, datetime.now(UTC))
+        except ClientError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _audit_client(Action.CLIENT_REVOKE, name, {})
+    click.echo(f"revoked {name!r}")
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, type=int, show_default=True)
+@click.option("--workers", default=1, type=click.IntRange(1, 64), show_default=True)
+def serve_command(host: str, port: int, workers: int) -> None:
+    """Serve the API with gunicorn."""
+    from gateway.serve import serve
+
+    initialize(current_app)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    serve(app, host=host, port=port, workers=workers)
+
+
+@click.command("demo")
+def demo_command() -> None:
+    """Initialise, then load the demo clients and data once; print a working curl line."""
+    from gateway.demo import load_demo
+
+    initialize(current_app)
+    load_demo(current_app)
+
+
+def init_app(app: Flask) -> None:
+    for command in (init_command, serve_command, demo_command, clients, policy):
+        app.cli.add_command(command)

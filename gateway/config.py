@@ -1,0 +1,46 @@
+"""Settings: defaults, then `GATEWAY_*` environment variables, then explicit overrides.
+
+GATEWAY_HOME=/srv/gateway GATEWAY_DATABASE_URL=postgresql://... gateway serve
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+DEFAULTS: dict[str, Any] = {
+    "HOME": "instance",
+    "DATABASE_URL": None,  # default: SQLite in HOME
+    "KEYRING": None,  # default: HOME/keyring.json
+    "POLICIES": "policies",
+    "REGISTRY": "registry",
+    "MAX_CONTENT_LENGTH": 1024 * 1024,
+    "MAX_CANDIDATES": 1000,
+    "MAX_EVENTS": 1000,
+    "MAX_ATTRIBUTES": 100,
+    # flask-smorest: the OpenAPI document is served at /openapi.json
+    "API_TITLE": "Consent-governed personalization gateway",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "API_SPEC_OPTIONS": {
+        "security": [{"bearerAuth": []}],
+        "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+    },
+}
+
+
+def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("GATEWAY")
+    app.config.update(overrides or {})
+    home = Path(app.config["HOME"]).resolve()
+    app.config["HOME"] = str(home)
+    if not app.config["DATABASE_URL"]:
+        app.config["DATABASE_URL"] = f"sqlite:///{home / 'gateway.db'}"
+    if not app.config["KEYRING"]:
+        app.config["KEYRING"] = str(home / "keyring.json")

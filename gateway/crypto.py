@@ -1,0 +1,191 @@
+"""The keyring and every cryptographic operation the gateway performs.
+
+Each output is tagged with its scheme version and key id so keys can rotate::
+
+    keyring = Keyring.generate()
+    keyring.save(Path("instance/keyring.json"))          # mode 0600, never overwritten
+    data_key, wrapped = keyring.new_data_key()           # per-subject key, stored wrapped
+    token = encrypt_field(data_key, "a@example.com", context="attr:crm:email")
+    keyring.pseudonym("user-42")                         # HMAC, stable, not reversible
+    signature = keyring.sign(canonical_json({"hello": "world"}))
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+SCHEME = "v1"
+SIGNATURE_ALGORITHM = "Ed25519"
+
+
+class KeyringError(Exception):
+    """The keyring is missing, unreadable or does not match the data."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text.encode("ascii"))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"not serializable: {type(value).__name__}")
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one canonical byte form used for every hash and signature."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+    ).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def _open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    return AESGCM(key).decrypt(sealed[:12], sealed[12:], aad)
+
+
+def encrypt_field(data_key: bytes, plaintext: str, context: str) -> str:
+    """Encrypt one value with a subject's data key, bound to `context` (where it is stored)."""
+    sealed = _seal(data_key, plaintext.encode("utf-8"), context.encode("utf-8"))
+    return f"{SCHEME}:dk:{_b64(sealed)}"
+
+
+def decrypt_field(data_key: bytes, token: str, context: str) -> str:
+    scheme, tag, body = token.split(":", 2)
+    if scheme != SCHEME or tag != "dk":
+        raise KeyringError(f"unknown field encryption scheme {scheme}:{tag}")
+    try:
+        return _open(data_key, _unb64(body), context.encode("utf-8")).decode("utf-8")
+    except InvalidTag as exc:
+        raise KeyringError("field does not decrypt with this subject's key") from exc
+
+
+def verify_signature(public_key: str, signature: str, payload: bytes) -> bool:
+    """Check an Ed25519 signature made by `Keyring.sign` against a published public key."""
+    try:
+        Ed25519PublicKey.from_public_bytes(_unb64(public_key)).verify(_unb64(signature), payload)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """Key-encryption key, pseudonym HMAC key and Ed25519 signing key, under one key id."""
+
+    key_id: str
+    kek: bytes
+    hmac_key: bytes
+    signing_key: Ed25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> Keyring:
+        return cls(
+            key_id=secrets.token_hex(4),
+            kek=AESGCM.generate_key(bit_length=256),
+            hmac_key=secrets.token_bytes(32),
+            signing_key=Ed25519PrivateKey.generate(),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Keyring:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            signing = _unb64(data["signing_key"])
+            return cls(
+                key_id=data["key_id"],
+                kek=_unb64(data["kek"]),
+                hmac_key=_unb64(data["hmac_key"]),
+                signing_key=Ed25519PrivateKey.from_private_bytes(signing),
+            )
+        except FileNotFoundError as exc:
+            raise KeyringError(f"{path}: no keyring; run `gateway init`") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KeyringError(f"{path}: unreadable keyring ({exc.__class__.__name__})") from exc
+
+    def save(self, path: Path) -> None:
+        """Write the keyring readable by its owner only; refuse to overwrite an existing one."""
+        raw = self.signing_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        data = {
+            "scheme": SCHEME,
+            "key_id": self.key_id,
+            "kek": _b64(self.kek),
+            "hmac_key": _b64(self.hmac_key),
+            "signing_key": _b64(raw),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+
+    def pseudonym(self, subject_id: str) -> str:
+        """A stable, keyed pseudonym of a subject id; the raw id is never stored."""
+        digest = hmac.new(self.hmac_key, subject_id.encode("utf-8"), hashlib.sha256).hexdigest()
+        return f"{SCHEME}:{self.key_id}:{digest}"
+
+    def new_data_key(self) -> tuple[bytes, str]:
+        """A fresh per-subject AES-256 key and its wrapped (storable) form."""
+        data_key = AESGCM.generate_key(bit_length=256)
+        return data_key, self.wrap_key(data_key)
+
+    def wrap_key(self, data_key: bytes) -> str:
+        return f"{SCHEME}:{self.key_id}:{_b64(_seal(self.kek, data_key, b'data-key'))}"
+
+    def unwrap_key(self, wrapped: str) -> bytes:
+        scheme, key_id, body = wrapped.split(":", 2)
+        if scheme != SCHEME or key_id != self.key_id:
+            raise KeyringError(f"data key wrapped by unknown key {scheme}:{key_id}")
+        try:
+            return _open(self.kek, _unb64(body), b"data-key")
+        except InvalidTag as exc:
+            raise KeyringError("data key does not unwrap with this keyring") from exc
+
+    def sign(self, payload: bytes) -> str:
+        return _b64(self.signing_key.sign(payload))
+
+    @property
+    def public_key(self) -> str:
+        raw = self.signing_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return _b64(raw)
+
+    @property
+    def public_key_pem(self) -> str:
+        return (
+            self.signing_key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode("ascii")
+        )

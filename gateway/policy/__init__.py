@@ -1,0 +1,1 @@
+"""Policies and registrations as data, and the pure decision engine over them."""

@@ -1,0 +1,286 @@
+"""Load and validate the policy documents (policies/) and database registrations (registry/).
+
+Every `*.yaml` file of a folder is read and their top-level maps are merged; an error names the
+file and the key::
+
+    policies = load_policy_set("policies", "registry")   # raises PolicyError
+    policies.hash                                        # sha256 of the canonical documents
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import isodate
+import yaml
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from gateway.crypto import canonical_json
+from gateway.policy.model import (
+    Category,
+    Fallback,
+    LegalBasis,
+    PolicySet,
+    Purpose,
+    Registration,
+    ScoringRules,
+    Segment,
+)
+
+IDENTIFIER = validate.Regexp(r"^[a-z][a-z0-9_]{0,63}$", error="Must be a lower-case identifier.")
+
+
+class PolicyError(Exception):
+    """The documents are invalid; `problems` holds one `file: key: message` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class DurationField(fields.Field):
+    """An ISO 8601 duration such as `P90D` or `P13M`, strictly positive."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        message = "Must be a positive ISO 8601 duration such as P90D."
+        if not isinstance(value, str):
+            raise ValidationError(message)
+        try:
+            duration = isodate.parse_duration(value)
+        except (isodate.ISO8601Error, ValueError) as exc:
+            raise ValidationError(message) from exc
+        start = datetime(2000, 1, 1)
+        if start + duration <= start:
+            raise ValidationError(message)
+        return duration
+
+
+class DateField(fields.Date):
+    """A date; YAML already turns `2027-06-30` into one, which is accepted as it is."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return value
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+def _names(**kwargs: Any) -> fields.List:
+    return fields.List(fields.String(validate=validate.Length(min=1, max=64)), **kwargs)
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class CategorySchema(StrictSchema):
+    attributes = _names(load_default=list)
+    events = _names(load_default=list)
+    retention = DurationField(required=True)
+    pii = fields.Boolean(load_default=False)
+    sensitive = fields.Boolean(load_default=False)
+
+
+class SegmentSchema(StrictSchema):
+    name = fields.String(required=True, validate=IDENTIFIER)
+    attribute = fields.String(required=True)
+    candidate_field = fields.String(required=True)
+    weight = fields.Float(required=True, validate=validate.Range(min=0, max=100))
+
+
+class ScoringSchema(StrictSchema):
+    half_life = DurationField(load_default=None)
+    event_weights = fields.Dict(
+        keys=fields.String(), values=fields.Float(validate=validate.Range(min=0)), load_default=dict
+    )
+    exclude_purchased_within = DurationField(load_default=None)
+    segments = fields.List(fields.Nested(SegmentSchema), load_default=list)
+
+
+class PurposeSchema(StrictSchema):
+    description = fields.String(required=True, validate=validate.Length(min=1))
+    legal_basis = fields.Enum(LegalBasis, by_value=True, required=True)
+    categories = _names(required=True, validate=validate.Length(min=1))
+    honor_gpc = fields.Boolean(load_default=False)
+    consent_max_age = DurationField(load_default=None)
+    fallback = fields.Enum(Fallback, by_value=True, load_default=Fallback.POPULAR)
+    scoring = fields.Nested(ScoringSchema, load_default=None)
+
+
+class DatabaseSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1))
+    controller = fields.String(required=True, validate=validate.Length(min=1))
+    security_officer = fields.String(required=True, validate=validate.Length(min=1))
+    purposes = _names(required=True, validate=validate.Length(min=1))
+    categories = _names(required=True, validate=validate.Length(min=1))
+    location = fields.String(required=True, validate=validate.Length(min=2, max=64))
+    transfers = _names(load_default=list)
+    reference = fields.String(required=True, validate=validate.Length(min=1))
+    review_by = DateField(required=True)
+
+
+def _section(schema: type[Schema]) -> fields.Dict:
+    return fields.Dict(keys=fields.String(validate=IDENTIFIER), values=fields.Nested(schema))
+
+
+class PoliciesFileSchema(StrictSchema):
+    categories = _section(CategorySchema)
+    purposes = _section(PurposeSchema)
+
+
+class RegistryFileSchema(StrictSchema):
+    databases = _section(DatabaseSchema)
+
+
+def _flatten(messages: Any, prefix: str = "") -> Iterable[tuple[str, str]]:
+    """Turn marshmallow's nested messages into (dotted key, message) pairs."""
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            # Dict fields nest their errors under "key"/"value": the key path reads better without.
+            part = prefix if key == "value" else f"{prefix}.{key}" if prefix else str(key)
+            yield from _flatten(value, part)
+    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        yield prefix, " ".join(messages)
+    else:
+        for index, value in enumerate(messages):
+            yield from _flatten(value, f"{prefix}.{index}")
+
+
+def _read_folder(
+    folder: Path, schema: Schema, problems: list[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, str]]:
+    """Validate and merge one folder; returns (validated, raw, origin file of each `section.id`)."""
+    merged: dict[str, dict[str, Any]] = {}
+    raw: dict[str, dict[str, Any]] = {}
+    origin: dict[str, str] = {}
+    if not folder.is_dir():
+        problems.append(f"{folder}: not a folder")
+        return merged, raw, origin
+    files = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml"))
+    if not files:
+        problems.append(f"{folder}: no *.yaml documents")
+    for path in files:
+        try:
+            document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: not valid YAML: {exc}".replace("\n", " "))
+            continue
+        if not isinstance(document, dict):
+            problems.append(f"{path}: the document must be a map of sections")
+            continue
+        try:
+            loaded = schema.load(document)
+        except ValidationError as exc:
+            problems.extend(f"{path}: {key}: {msg}" for key, msg in _flatten(exc.messages))
+            continue
+        for section, entries in loaded.items():
+            for entry_id, entry in entries.items():
+                where = f"{section}.{entry_id}"
+                if where in origin:
+                    problems.append(f"{path}: {where}: already defined in {origin[where]}")
+                    continue
+                origin[where] = str(path)
+                merged.setdefault(section, {})[entry_id] = entry
+                raw.setdefault(section, {})[entry_id] = document[section][entry_id]
+    return merged, raw, origin
+
+
+def _build_purpose(purpose_id: str, spec: dict[str, Any]) -> Purpose:
+    scoring = spec.pop("scoring") or {}
+    rules = ScoringRules(
+        half_life=scoring.get("half_life") or ScoringRules.half_life,
+        event_weights=scoring.get("event_weights", {}),
+        exclude_purchased_within=scoring.get("exclude_purchased_within"),
+        segments=tuple(Segment(**s) for s in scoring.get("segments", [])),
+    )
+    spec["categories"] = tuple(spec["categories"])
+    return Purpose(id=purpose_id, scoring=rules, **spec)
+
+
+def _check_references(
+    categories: dict[str, Category],
+    purposes: dict[str, Purpose],
+    databases: dict[str, Registration],
+    origin: dict[str, str],
+) -> list[str]:
+    problems = []
+    owner: dict[str, str] = {}
+    for category in categories.values():
+        where = f"{origin[f'categories.{category.id}']}: categories.{category.id}"
+        for name in (*category.attributes, *category.events):
+            if name in owner:
+                problems.append(f"{where}: '{name}' already belongs to category '{owner[name]}'")
+            owner[name] = category.id
+    for purpose in purposes.values():
+        where = f"{origin[f'purposes.{purpose.id}']}: purposes.{purpose.id}"
+        problems += [
+            f"{where}.categories: unknown category '{c}'"
+            for c in purpose.categories
+            if c not in categories
+        ]
+        for index, segment in enumerate(purpose.scoring.segments):
+            if owner.get(segment.attribute) not in purpose.categories:
+                problems.append(
+                    f"{where}.scoring.segments.{index}.attribute: '{segment.attribute}' is not"
+                    " an attribute of a category this purpose may use"
+                )
+    for database in databases.values():
+        where = f"{origin[f'databases.{database.id}']}: databases.{database.id}"
+        problems += [
+            f"{where}.purposes: unknown purpose '{p}'"
+            for p in database.purposes
+            if p not in purposes
+        ]
+        problems += [
+            f"{where}.categories: unknown category '{c}'"
+            for c in database.categories
+            if c not in categories
+        ]
+    return problems
+
+
+def load_policy_set(policies_dir: str | Path, registry_dir: str | Path) -> PolicySet:
+    """Read, validate and cross-check both folders; raise PolicyError naming every problem."""
+    problems: list[str] = []
+    policies, policies_raw, origin = _read_folder(
+        Path(policies_dir), PoliciesFileSchema(), problems
+    )
+    registry, registry_raw, registry_origin = _read_folder(
+        Path(registry_dir), RegistryFileSchema(), problems
+    )
+    origin.update(registry_origin)
+    for section, folder, data in (
+        ("categories", policies_dir, policies),
+        ("purposes", policies_dir, policies),
+        ("databases", registry_dir, registry),
+    ):
+        if not data.get(section) and not problems:
+            problems.append(f"{folder}: {section}: none defined")
+    if problems:
+        raise PolicyError(problems)
+
+    categories = {
+        cid: Category(
+            id=cid,
+            **{**spec, "attributes": tuple(spec["attributes"]), "events": tuple(spec["events"])},
+        )
+        for cid, spec in policies["categories"].items()
+    }
+    purposes = {pid: _build_purpose(pid, dict(spec)) for pid, spec in policies["purposes"].items()}
+    databases = {
+        did: Registration(
+            id=did,
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()},  # type: ignore[arg-type]
+        )
+        for did, spec in registry["databases"].items()
+    }
+    problems = _check_references(categories, purposes, databases, origin)
+    if problems:
+        raise PolicyError(problems)
+    documents = {"policies": policies_raw, "registry": registry_raw}
+    digest = hashlib.sha256(canonical_json(documents)).hexdigest()
+    return PolicySet(categories, purposes, databases, f"sha256:{digest}", documents)

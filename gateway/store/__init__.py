@@ -1,0 +1,1 @@
+"""Storage: peewee models, database binding, and the reads and writes the API needs."""

@@ -1,0 +1,76 @@
+"""API clients: random keys shown once, stored as SHA-256 digests.
+
+client, key = create_client("web-shop", Role.APP, ["recommendations"], now)
+authenticate(key)            # -> the ApiClient, or None when unknown or revoked
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from datetime import datetime
+from enum import StrEnum
+
+from gateway.store.models import ApiClient
+
+KEY_PREFIX = "gwk_"
+
+
+class Role(StrEnum):
+    APP = "app"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class ClientError(Exception):
+    """A client command cannot be carried out (duplicate name, unknown client, ...)."""
+
+
+def key_digest(key: str) -> str:
+    # The keys are 256-bit random secrets, so a fast hash is enough to make a stolen table useless.
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def client_purposes(client: ApiClient) -> list[str]:
+    return list(json.loads(client.purposes))
+
+
+def create_client(
+    name: str, role: Role, purposes: list[str], now: datetime
+) -> tuple[ApiClient, str]:
+    """Create a client and return it with its key; the key itself is never stored."""
+    if ApiClient.get_or_none(ApiClient.name == name) is not None:
+        raise ClientError(f"a client named {name!r} already exists")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    client = ApiClient.create(
+        name=name,
+        role=role.value,
+        purposes=json.dumps(sorted(set(purposes))),
+        key_hash=key_digest(key),
+        created_at=now,
+    )
+    return client, key
+
+
+def authenticate(key: str) -> ApiClient | None:
+    if not key.startswith(KEY_PREFIX):
+        return None
+    client = ApiClient.get_or_none(ApiClient.key_hash == key_digest(key))
+    if client is None or client.revoked_at is not None:
+        return None
+    return client
+
+
+def revoke_client(name: str, now: datetime) -> ApiClient:
+    client = ApiClient.get_or_none(ApiClient.name == name)
+    if client is None:
+        raise ClientError(f"no client named {name!r}")
+    if client.revoked_at is None:
+        client.revoked_at = now
+        client.save()
+    return client
+
+
+def list_clients() -> list[ApiClient]:
+    return list(ApiClient.select().order_by(ApiClient.name))

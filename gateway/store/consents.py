@@ -1,0 +1,78 @@
+"""Consent records with signed receipts; history is append-only."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from gateway.crypto import SIGNATURE_ALGORITHM, Keyring, canonical_json
+from gateway.policy.engine import ConsentEvent
+from gateway.store.models import ConsentRecord, Subject
+
+
+def consent_records(subject: Subject | None, purpose: str | None = None) -> list[ConsentRecord]:
+    """A subject's consent history, oldest first."""
+    if subject is None:
+        return []
+    query = ConsentRecord.select().where(ConsentRecord.subject == subject)
+    if purpose is not None:
+        query = query.where(ConsentRecord.purpose == purpose)
+    return list(query.order_by(ConsentRecord.recorded_at, ConsentRecord._meta.primary_key))
+
+
+def as_events(records: list[ConsentRecord]) -> list[ConsentEvent]:
+    return [ConsentEvent(r.purpose, r.granted, r.recorded_at, r.expires_at) for r in records]
+
+
+def receipt_payload(record: ConsentRecord, pseudonym: str, key_id: str) -> dict[str, Any]:
+    """What a receipt signs: the record, its subject's pseudonym, the policy set in force."""
+    return {
+        "receipt_id": record.receipt_id,
+        "subject": pseudonym,
+        "purpose": record.purpose,
+        "granted": record.granted,
+        "source": record.source,
+        "notice_version": record.notice_version,
+        "recorded_at": record.recorded_at.isoformat(),
+        "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+        "policy_hash": record.policy_hash,
+        "key_id": key_id,
+    }
+
+
+def receipt(record: ConsentRecord, keyring: Keyring) -> dict[str, Any]:
+    payload = receipt_payload(record, record.subject.pseudonym, keyring.key_id)
+    return {"payload": payload, "algorithm": SIGNATURE_ALGORITHM, "signature": record.signature}
+
+
+def record_consent(
+    subject: Subject,
+    *,
+    purpose: str,
+    granted: bool,
+    source: str,
+    notice_version: str,
+    expires_at: datetime | None,
+    client: str,
+    policy_hash: str,
+    keyring: Keyring,
+    now: datetime,
+) -> ConsentRecord:
+    """Append one consent change and sign its receipt (call inside a write transaction)."""
+    record = ConsentRecord(
+        subject=subject,
+        receipt_id=str(uuid.uuid4()),
+        purpose=purpose,
+        granted=granted,
+        source=source,
+        notice_version=notice_version,
+        recorded_at=now,
+        expires_at=expires_at,
+        client=client,
+        policy_hash=policy_hash,
+    )
+    payload = receipt_payload(record, subject.pseudonym, keyring.key_id)
+    record.signature = keyring.sign(canonical_json(payload))
+    record.save(force_insert=True)
+    return record

@@ -1,0 +1,122 @@
+"""Tables. Subjects appear only as HMAC pseudonyms; PII values only encrypted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from peewee import (
+    BooleanField,
+    CharField,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+from gateway.store.db import database
+
+
+class UTCDateTimeField(DateTimeField):
+    """Aware UTC datetimes in Python, naive UTC in the database."""
+
+    def db_value(self, value: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return super().db_value(value)
+
+    def python_value(self, value: Any) -> Any:
+        value = super().python_value(value)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class ApiClient(BaseModel):
+    name = CharField(unique=True)
+    role = CharField()
+    purposes = TextField(default="[]")  # JSON list of purpose ids
+    key_hash = CharField(unique=True)
+    created_at = UTCDateTimeField()
+    revoked_at = UTCDateTimeField(null=True)
+
+
+class Subject(BaseModel):
+    pseudonym = CharField(unique=True)
+    wrapped_key = TextField()
+    created_at = UTCDateTimeField()
+
+
+class ConsentRecord(BaseModel):
+    subject = ForeignKeyField(Subject, backref="consents", on_delete="CASCADE")
+    receipt_id = CharField(unique=True)
+    purpose = CharField()
+    granted = BooleanField()
+    source = CharField()
+    notice_version = CharField()
+    recorded_at = UTCDateTimeField()
+    expires_at = UTCDateTimeField(null=True)
+    client = CharField()
+    policy_hash = CharField()
+    signature = TextField()
+
+    class Meta:
+        indexes = ((("subject", "purpose", "recorded_at"), False),)
+
+
+class Attribute(BaseModel):
+    subject = ForeignKeyField(Subject, backref="attributes", on_delete="CASCADE")
+    database = CharField()
+    name = CharField()
+    value = TextField()  # JSON, or an encrypted token when `sealed`
+    sealed = BooleanField(default=False)
+    updated_at = UTCDateTimeField()
+
+    class Meta:
+        indexes = ((("subject", "database", "name"), True),)
+
+
+class Event(BaseModel):
+    subject = ForeignKeyField(Subject, backref="events", on_delete="CASCADE")
+    database = CharField()
+    type = CharField()
+    item_id = TextField()
+    item_category = TextField()
+    sealed = BooleanField(default=False)
+    at = UTCDateTimeField()
+    received_at = UTCDateTimeField()
+
+    class Meta:
+        indexes = ((("subject", "database", "type", "at"), False),)
+
+
+class AuditEntry(BaseModel):
+    seq = IntegerField(primary_key=True)
+    at = CharField()  # ISO 8601 text, hashed exactly as stored
+    actor = CharField()
+    action = CharField()
+    subject = CharField(null=True)  # pseudonym
+    purpose = CharField(null=True)
+    outcome = CharField(null=True)
+    reasons = TextField(default="[]")
+    fields = TextField(default="{}")
+    policy_hash = CharField()
+    request_id = CharField(null=True)
+    decision_id = CharField(null=True)
+    prev_hash = CharField()
+    hash = CharField(unique=True)
+
+
+TABLES: list[type[Model]] = [ApiClient, Subject, ConsentRecord, Attribute, Event, AuditEntry]
+
+
+def create_tables() -> None:
+    with database.atomic():
+        database.create_tables(TABLES, safe=True)

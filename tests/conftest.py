@@ -1,0 +1,144 @@
+"""Fixtures: a fresh instance folder, SQLite file and keyring per test; HTTP via the test client."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from gateway import create_app
+from gateway.cli import initialize
+from gateway.store.clients import Role, create_client
+from gateway.store.db import database
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_gateway_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own GATEWAY_* settings must not leak into tests."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("GATEWAY_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def documents(tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the demo policies/ and registry/ that a test may edit."""
+    policies, registry = tmp_path / "policies", tmp_path / "registry"
+    shutil.copytree(ROOT / "policies", policies)
+    shutil.copytree(ROOT / "registry", registry)
+    return policies, registry
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, documents: tuple[Path, Path]) -> Iterator[Any]:
+    """Build an initialised app over the test's documents; extra settings override."""
+
+    def build(**overrides: Any) -> Flask:
+        config = {
+            "TESTING": True,
+            "HOME": str(tmp_path / "instance"),
+            "POLICIES": str(documents[0]),
+            "REGISTRY": str(documents[1]),
+            **overrides,
+        }
+        app = create_app(config)
+        with app.app_context():
+            initialize(app)
+        return app
+
+    yield build
+    if not database.is_closed():
+        database.close()
+
+
+@pytest.fixture
+def app(make_app: Any) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def db_path(app: Flask) -> Path:
+    return Path(app.config["HOME"]) / "gateway.db"
+
+
+class Caller:
+    """An API client with its bearer key, speaking JSON over the Flask test client."""
+
+    def __init__(self, http: FlaskClient, key: str) -> None:
+        self.http, self.key = http, key
+
+    def request(self, method: str, path: str, json: Any = None, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.key}", **kwargs.pop("headers", {})}
+        if json is not None:
+            kwargs["json"] = json
+        return self.http.open(path, method=method, headers=headers, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, json: Any = None, **kwargs: Any) -> Any:
+        return self.request("POST", path, json, **kwargs)
+
+    def put(self, path: str, json: Any = None, **kwargs: Any) -> Any:
+        return self.request("PUT", path, json, **kwargs)
+
+    def patch(self, path: str, json: Any = None, **kwargs: Any) -> Any:
+        return self.request("PATCH", path, json, **kwargs)
+
+
+@pytest.fixture
+def new_caller(app: Flask, client: FlaskClient) -> Any:
+    """Create an API client in the database and return a Caller holding its key."""
+    count = 0
+
+    def make(role: str = "app", purposes: tuple[str, ...] = ()) -> Caller:
+        nonlocal count
+        count += 1
+        with app.app_context(), database.connection_context():
+            _, key = create_client(
+                f"test-{role}-{count}", Role(role), list(purposes), datetime.now(UTC)
+            )
+        return Caller(client, key)
+
+    return make
+
+
+@pytest.fixture
+def shop(new_caller: Any) -> Caller:
+    """An app client for recommendations and ads_personalization, like the demo web shop."""
+    return new_caller("app", ("recommendations", "ads_personalization"))
+
+
+@pytest.fixture
+def mailer(new_caller: Any) -> Caller:
+    return new_caller("app", ("email_marketing",))
+
+
+@pytest.fixture
+def auditor(new_caller: Any) -> Caller:
+    return new_caller("auditor")
+
+
+@pytest.fixture
+def admin(new_caller: Any) -> Caller:
+    return new_caller("admin")
