@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup, FlaskGroup
+from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
 from gateway.audit.chain import Action, AuditRecord, append
 from gateway.crypto import Keyring
@@ -69,6 +69,7 @@ def initialize(app: Flask) -> Keyring:
 
 
 @click.command("init")
+@with_appcontext
 def init_command() -> None:
     """Create the instance folder, keyring and database tables (safe to run again)."""
     initialize(current_app)
@@ -177,6 +178,7 @@ def clients_revoke(name: str) -> None:
 
 
 @click.command("serve")
+@with_appcontext
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, type=int, show_default=True)
 @click.option("--workers", default=1, type=click.IntRange(1, 64), show_default=True)
@@ -190,6 +192,7 @@ def serve_command(host: str, port: int, workers: int) -> None:
 
 
 @click.command("demo")
+@with_appcontext
 def demo_command() -> None:
     """Initialise, then load the demo clients and data once; print a working curl line."""
     from gateway.demo import load_demo

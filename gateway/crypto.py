@@ -76,12 +76,21 @@ def encrypt_field(data_key: bytes, plaintext: str, context: str) -> str:
     return f"{SCHEME}:dk:{_b64(sealed)}"
 
 
+def _parse(token: str) -> tuple[str, str, bytes]:
+    """Split a `scheme:key-id:base64` token; a malformed one is a KeyringError like a bad key."""
+    try:
+        scheme, key_id, body = token.split(":", 2)
+        return scheme, key_id, _unb64(body)
+    except ValueError as exc:  # binascii.Error is a ValueError too
+        raise KeyringError("malformed encrypted token") from exc
+
+
 def decrypt_field(data_key: bytes, token: str, context: str) -> str:
-    scheme, tag, body = token.split(":", 2)
+    scheme, tag, sealed = _parse(token)
     if scheme != SCHEME or tag != "dk":
         raise KeyringError(f"unknown field encryption scheme {scheme}:{tag}")
     try:
-        return _open(data_key, _unb64(body), context.encode("utf-8")).decode("utf-8")
+        return _open(data_key, sealed, context.encode("utf-8")).decode("utf-8")
     except InvalidTag as exc:
         raise KeyringError("field does not decrypt with this subject's key") from exc
 
@@ -126,7 +135,7 @@ class Keyring:
             )
         except FileNotFoundError as exc:
             raise KeyringError(f"{path}: no keyring; run `gateway init`") from exc
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KeyringError(f"{path}: unreadable keyring ({exc.__class__.__name__})") from exc
 
     def save(self, path: Path) -> None:
@@ -162,11 +171,11 @@ class Keyring:
         return f"{SCHEME}:{self.key_id}:{_b64(_seal(self.kek, data_key, b'data-key'))}"
 
     def unwrap_key(self, wrapped: str) -> bytes:
-        scheme, key_id, body = wrapped.split(":", 2)
+        scheme, key_id, sealed = _parse(wrapped)
         if scheme != SCHEME or key_id != self.key_id:
             raise KeyringError(f"data key wrapped by unknown key {scheme}:{key_id}")
         try:
-            return _open(self.kek, _unb64(body), b"data-key")
+            return _open(self.kek, sealed, b"data-key")
         except InvalidTag as exc:
             raise KeyringError("data key does not unwrap with this keyring") from exc
 

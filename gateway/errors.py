@@ -65,7 +65,10 @@ def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     flat: dict[str, list[str]] = {}
     items = messages.items() if isinstance(messages, dict) else enumerate(messages)
     for key, value in items:
-        path = f"{prefix}.{key}" if prefix else str(key)
+        # marshmallow's `_schema` (e.g. an array where an object belongs) names its parent, and
+        # a Dict field files errors under "key"/"value": the entry's own path reads better.
+        inner = key in ("_schema", "key", "value")
+        path = prefix if inner else f"{prefix}.{key}" if prefix else str(key)
         flat.update(_flatten(value, path))
     return flat
 
@@ -101,7 +104,9 @@ def http_problem(error: HTTPException) -> Response:
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         errors = {"body": [f"The body is larger than the limit of {limit} bytes."]}
     detail = "Some fields are invalid." if errors and status in (400, 422) else error.description
-    return problem(status, CODES.get(status, "error"), detail or "", errors)
+    # keep what the exception says about itself, such as Allow on a 405
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+    return problem(status, CODES.get(status, "error"), detail or "", errors, headers)
 
 
 def init_app(app: Flask) -> None:

@@ -38,7 +38,8 @@ class GatewayApi(Api):
 def _before_request() -> None:
     given = request.headers.get("X-Request-Id", "")
     g.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
-    if not request.path.startswith("/v1/"):
+    # OPTIONS carries no key (browsers send it before the real request) and reveals no data.
+    if not request.path.startswith("/v1/") or request.method == "OPTIONS":
         return
     authenticate_request()
     has_body = request.content_length or request.headers.get("Transfer-Encoding")

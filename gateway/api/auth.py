@@ -6,11 +6,17 @@ which roles and which purpose it needs (403).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
 from flask import g, request
 
 from gateway.errors import GatewayError
 from gateway.store.clients import Role, authenticate, client_purposes
 from gateway.store.models import ApiClient
+
+View = TypeVar("View", bound=Callable[..., Any])
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="gateway"'}
 
@@ -29,15 +35,27 @@ def authenticate_request() -> None:
     g.client = client
 
 
-def authorize(*roles: Role, purpose: str | None = None) -> ApiClient:
-    """The calling client, if it has one of `roles` and, for apps, was granted `purpose`."""
+def roles(*allowed: Role) -> Callable[[View], View]:
+    """Admit only clients with one of `allowed` roles (else 403), before any body is parsed."""
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            role = Role(g.client.role)
+            if role not in allowed:
+                names = ", ".join(r.value for r in allowed)
+                message = f"This needs the role {names}; the client is {role}."
+                raise GatewayError(403, "forbidden", message)
+            return view(*args, **kwargs)
+
+        return cast(View, checked)
+
+    return decorate
+
+
+def caller(purpose: str | None = None) -> ApiClient:
+    """The calling client; an app client must have been granted `purpose` (else 403)."""
     client: ApiClient = g.client
-    role = Role(client.role)
-    if role not in roles:
-        allowed = ", ".join(r.value for r in roles)
-        raise GatewayError(
-            403, "forbidden", f"This needs the role {allowed}; the client is {role}."
-        )
     if purpose is not None and not may_use(client, purpose):
         raise GatewayError(
             403,

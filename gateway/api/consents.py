@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 from marshmallow import ValidationError, fields, validate, validates
 
 from gateway import keyring, policies
-from gateway.api.auth import authorize, may_use
+from gateway.api.auth import caller, may_use, roles
 from gateway.api.strict import StrictBoolean, StrictSchema, check_subject_id
 from gateway.audit.chain import Action, AuditRecord, append
 from gateway.errors import GatewayError
@@ -90,7 +90,7 @@ def _record(record: ConsentRecord, purpose: Purpose) -> dict[str, Any]:
         "recorded_at": record.recorded_at,
         "expires_at": grant_expiry(purpose, as_events([record])[0]) if record.granted else None,
         "client": record.client,
-        "receipt": receipt(record, keyring()),
+        "receipt": receipt(record),
     }
 
 
@@ -109,10 +109,11 @@ def _purpose_state(purpose: Purpose, records: list[ConsentRecord], now: datetime
 
 @blp.route(SUBJECT_PATH)
 class SubjectConsents(MethodView):
+    @roles(Role.APP, Role.AUDITOR, Role.ADMIN)
     @blp.response(200, SubjectConsentsSchema)
     def get(self, subject_id: str) -> dict[str, Any]:
         """Consent state and history per purpose (an app sees its own purposes only)."""
-        client = authorize(Role.APP, Role.AUDITOR, Role.ADMIN)
+        client = caller()
         check_subject_id(subject_id)
         subject = find_subject(keyring().pseudonym(subject_id))
         now = datetime.now(UTC)
@@ -126,21 +127,23 @@ class SubjectConsents(MethodView):
 
 @blp.route(SUBJECT_PATH + "/<string:purpose>")
 class SubjectPurposeConsent(MethodView):
+    @roles(Role.APP, Role.AUDITOR, Role.ADMIN)
     @blp.response(200, PurposeConsentSchema)
     def get(self, subject_id: str, purpose: str) -> dict[str, Any]:
         """Consent state and history for one purpose."""
         found = _purpose(purpose)
-        authorize(Role.APP, Role.AUDITOR, Role.ADMIN, purpose=purpose)
+        caller(purpose)
         check_subject_id(subject_id)
         subject = find_subject(keyring().pseudonym(subject_id))
         return _purpose_state(found, consent_records(subject, purpose), datetime.now(UTC))
 
+    @roles(Role.APP, Role.ADMIN)
     @blp.arguments(ConsentChangeSchema)
     @blp.response(200, ConsentRecordSchema)
     def put(self, change: dict[str, Any], subject_id: str, purpose: str) -> dict[str, Any]:
         """Record a grant or withdrawal (effective at once); returns a signed receipt."""
         found = _purpose(purpose)
-        client = authorize(Role.APP, Role.ADMIN, purpose=purpose)
+        client = caller(purpose)
         check_subject_id(subject_id)
         now = datetime.now(UTC)
         pseudonym = keyring().pseudonym(subject_id)

@@ -10,7 +10,7 @@ from flask_smorest import Blueprint
 from marshmallow import fields
 
 from gateway import keyring, policies
-from gateway.api.auth import authorize
+from gateway.api.auth import roles
 from gateway.api.strict import StrictBoolean, StrictSchema
 from gateway.crypto import SIGNATURE_ALGORITHM
 from gateway.errors import GatewayError
@@ -58,20 +58,20 @@ def _registration(registration: Registration, now: datetime) -> dict[str, Any]:
 
 @blp.route("/policies")
 class Policies(MethodView):
+    @roles(Role.AUDITOR, Role.ADMIN)
     @blp.response(200, PoliciesSchema)
     def get(self) -> dict[str, Any]:
         """The active policy set (categories and purposes) and its content hash."""
-        authorize(Role.AUDITOR, Role.ADMIN)
         active = policies()
         return {"policy_hash": active.hash, **active.documents["policies"]}
 
 
 @blp.route("/registry/databases")
 class Databases(MethodView):
+    @roles(Role.AUDITOR, Role.ADMIN)
     @blp.response(200, RegistryListSchema)
     def get(self) -> dict[str, Any]:
         """Every registered database; `active` is false past its review date."""
-        authorize(Role.AUDITOR, Role.ADMIN)
         now = datetime.now(UTC)
         found = policies().databases.values()
         return {"policy_hash": policies().hash, "databases": [_registration(r, now) for r in found]}
@@ -79,10 +79,10 @@ class Databases(MethodView):
 
 @blp.route("/registry/databases/<string:database_id>")
 class Database(MethodView):
+    @roles(Role.AUDITOR, Role.ADMIN)
     @blp.response(200, RegistrationSchema)
     def get(self, database_id: str) -> dict[str, Any]:
         """One registered database."""
-        authorize(Role.AUDITOR, Role.ADMIN)
         registration = policies().databases.get(database_id)
         if registration is None:
             raise GatewayError(
@@ -96,10 +96,10 @@ class Database(MethodView):
 
 @blp.route("/keys/signing")
 class SigningKey(MethodView):
+    @roles(Role.APP, Role.AUDITOR, Role.ADMIN)
     @blp.response(200, PublicKeySchema)
     def get(self) -> dict[str, Any]:
         """The public key that verifies consent receipts (and audit checkpoints)."""
-        authorize(Role.APP, Role.AUDITOR, Role.ADMIN)
         ring = keyring()
         return {
             "key_id": ring.key_id,

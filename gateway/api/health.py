@@ -21,6 +21,7 @@ class StatusSchema(StrictSchema):
 
 @blp.route("/healthz")
 class Health(MethodView):
+    @blp.doc(security=[])
     @blp.response(200, StatusSchema)
     def get(self) -> dict[str, Any]:
         """The process is up."""
@@ -29,6 +30,7 @@ class Health(MethodView):
 
 @blp.route("/readyz")
 class Ready(MethodView):
+    @blp.doc(security=[])
     @blp.response(200, StatusSchema)
     def get(self) -> dict[str, Any]:
         """The database answers and the keyring is readable."""

@@ -9,10 +9,10 @@ from typing import Any
 from flask import current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, ValidationError, fields, validate, validates_schema
 
 from gateway import keyring, policies, scoring
-from gateway.api.auth import authorize
+from gateway.api.auth import caller, roles
 from gateway.api.strict import Scalar, StrictBoolean, StrictFloat, StrictSchema, SubjectIdField
 from gateway.audit.chain import Action, AuditRecord, append
 from gateway.errors import GatewayError
@@ -21,6 +21,7 @@ from gateway.policy.model import Outcome
 from gateway.store.clients import Role
 from gateway.store.consents import as_events, consent_records
 from gateway.store.db import write_transaction
+from gateway.store.models import Subject
 from gateway.store.profiles import holdings, read_profile
 from gateway.store.subjects import find_subject
 
@@ -83,14 +84,16 @@ class DecisionSchema(StrictSchema):
     policy_hash = fields.String()
 
 
-def _rank(decision: Decision, body: dict[str, Any], now: datetime) -> scoring.Ranking:
+def _rank(
+    decision: Decision, subject: Subject | None, body: dict[str, Any], now: datetime
+) -> scoring.Ranking:
+    """Score on the minimized profile when allowed; otherwise without reading personal data."""
     candidates = [scoring.Candidate(**c) for c in body["candidates"]]
     limit = body.get("limit", len(candidates))
     if decision.outcome is Outcome.DENY:
         return scoring.Ranking(())
     if decision.outcome is Outcome.FALLBACK:
         return scoring.rank_popular(candidates, limit=limit)
-    subject = find_subject(keyring().pseudonym(body["subject_id"]))
     profile = read_profile(subject, decision.reads, keyring())
     rules = policies().purposes[decision.purpose].scoring
     return scoring.rank(candidates, profile, rules, now=now, limit=limit)
@@ -141,7 +144,8 @@ def _response(decision: Decision, decision_id: str, ranking: scoring.Ranking, ex
 
 @blp.route("/personalize")
 class Personalize(MethodView):
-    @blp.arguments(ExplainArgs, location="query", as_kwargs=True)
+    @roles(Role.APP, Role.ADMIN)
+    @blp.arguments(ExplainArgs, location="query", as_kwargs=True, unknown=RAISE)
     @blp.arguments(PersonalizeSchema)
     @blp.response(200, DecisionSchema)
     def post(self, body: dict[str, Any], explain: bool) -> dict[str, Any]:
@@ -151,7 +155,7 @@ class Personalize(MethodView):
             raise GatewayError(
                 422, "unknown_purpose", "Unknown purpose.", {"purpose": [f"Unknown: '{purpose}'."]}
             )
-        authorize(Role.APP, Role.ADMIN, purpose=purpose)
+        caller(purpose)
         now = datetime.now(UTC)
         pseudonym = keyring().pseudonym(body["subject_id"])
         subject = find_subject(pseudonym)
@@ -164,7 +168,7 @@ class Personalize(MethodView):
             policies=policies(),
             now=now,
         )
-        ranking = _rank(decision, body, now)
+        ranking = _rank(decision, subject, body, now)
         decision_id = str(uuid.uuid4())
         with write_transaction():
             append(_audit_record(decision, decision_id, pseudonym), now)

@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 from marshmallow import ValidationError, fields, validate, validates
 
 from gateway import keyring, policies
-from gateway.api.auth import authorize
+from gateway.api.auth import caller, roles
 from gateway.api.strict import Scalar, StrictSchema, check_subject_id
 from gateway.audit.chain import Action, AuditRecord, append
 from gateway.errors import GatewayError
@@ -71,7 +71,7 @@ def _registration(database_id: str) -> Registration:
             "Unknown database.",
             {"database": [f"Not a registered database: '{database_id}'."]},
         )
-    client = authorize(Role.APP, Role.ADMIN)
+    client = caller()
     if client.role == Role.APP and not set(client_purposes(client)) & set(registration.purposes):
         raise GatewayError(
             403,
@@ -96,6 +96,7 @@ def _audit(action: Action, pseudonym: str, result: dict[str, Any], database: str
 
 @blp.route("/<string:subject_id>/events")
 class SubjectEvents(MethodView):
+    @roles(Role.APP, Role.ADMIN)
     @blp.arguments(EventsSchema)
     @blp.response(200, CollectionResultSchema)
     def post(self, body: dict[str, Any], subject_id: str) -> dict[str, Any]:
@@ -131,6 +132,7 @@ class SubjectEvents(MethodView):
 
 @blp.route("/<string:subject_id>/attributes")
 class SubjectAttributes(MethodView):
+    @roles(Role.APP, Role.ADMIN)
     @blp.arguments(AttributesSchema)
     @blp.response(200, CollectionResultSchema)
     def patch(self, body: dict[str, Any], subject_id: str) -> dict[str, Any]:

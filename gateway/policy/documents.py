@@ -34,6 +34,21 @@ from gateway.policy.model import (
 IDENTIFIER = validate.Regexp(r"^[a-z][a-z0-9_]{0,63}$", error="Must be a lower-case identifier.")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key repeated in one map (plain YAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"'{key}' is defined twice in this map", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 class PolicyError(Exception):
     """The documents are invalid; `problems` holds one `file: key: message` line each."""
 
@@ -141,7 +156,7 @@ def _flatten(messages: Any, prefix: str = "") -> Iterable[tuple[str, str]]:
     if isinstance(messages, dict):
         for key, value in messages.items():
             # Dict fields nest their errors under "key"/"value": the key path reads better without.
-            part = prefix if key == "value" else f"{prefix}.{key}" if prefix else str(key)
+            part = prefix if key in ("key", "value") else f"{prefix}.{key}" if prefix else str(key)
             yield from _flatten(value, part)
     elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
         yield prefix, " ".join(messages)
@@ -165,7 +180,11 @@ def _read_folder(
         problems.append(f"{folder}: no *.yaml documents")
     for path in files:
         try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            document = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
+        except yaml.MarkedYAMLError as exc:
+            line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+            problems.append(f"{path}: line {line}: not valid YAML: {exc.problem}")
+            continue
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             problems.append(f"{path}: not valid YAML: {exc}".replace("\n", " "))
             continue
@@ -212,7 +231,9 @@ def _check_references(
     for category in categories.values():
         where = f"{origin[f'categories.{category.id}']}: categories.{category.id}"
         for name in (*category.attributes, *category.events):
-            if name in owner:
+            if owner.get(name) == category.id:
+                problems.append(f"{where}: '{name}' is listed twice")
+            elif name in owner:
                 problems.append(f"{where}: '{name}' already belongs to category '{owner[name]}'")
             owner[name] = category.id
     for purpose in purposes.values():
@@ -223,7 +244,9 @@ def _check_references(
             if c not in categories
         ]
         for index, segment in enumerate(purpose.scoring.segments):
-            if owner.get(segment.attribute) not in purpose.categories:
+            # A segment matches a subject attribute; an event type of the same category is no use.
+            allowed = (categories[c] for c in purpose.categories if c in categories)
+            if not any(segment.attribute in category.attributes for category in allowed):
                 problems.append(
                     f"{where}.scoring.segments.{index}.attribute: '{segment.attribute}' is not"
                     " an attribute of a category this purpose may use"

@@ -84,7 +84,7 @@ class ReadPlan:
     """Exactly what the store may read for the scorer."""
 
     attributes: tuple[tuple[str, str], ...] = ()  # (database, attribute name)
-    events: tuple[tuple[str, str, datetime], ...] = ()  # (database, event type, not before)
+    events: tuple[tuple[str, str, datetime], ...] = ()  # (database, event type, after)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,8 @@ def grant_expiry(purpose: Purpose, record: ConsentEvent) -> datetime | None:
 def consent_status(purpose: Purpose, records: list[ConsentEvent], now: datetime) -> ConsentStatus:
     """Where the subject stands for one purpose, ignoring GPC (a property of each request)."""
     mine = [r for r in records if r.purpose == purpose.id and r.recorded_at <= now]
-    latest = max(mine, key=lambda r: r.recorded_at, default=None)
+    # Records come oldest first; of changes recorded in the same instant the last one wins.
+    latest = max(reversed(mine), key=lambda r: r.recorded_at, default=None)
     basis = purpose.legal_basis
     if latest is None:
         state, expires = ConsentState.NEVER_ASKED, None
@@ -172,7 +173,8 @@ def _screen(
         return category, Reason.NOT_NEEDED_FOR_PURPOSE
     if category.sensitive and purpose.legal_basis is not LegalBasis.CONSENT:
         return category, Reason.SENSITIVE_NEEDS_CONSENT
-    if holding.at < now - category.retention:
+    # kept while younger than its retention: at exactly the retention age it is gone
+    if holding.at <= now - category.retention:
         return category, Reason.RETENTION_EXPIRED
     return category, None
 
@@ -252,6 +254,6 @@ def admit(
         return Reason.NO_PURPOSE_NEEDS_IT
     if at > now + CLOCK_SKEW:
         return Reason.FUTURE_TIMESTAMP
-    if at < now - category.retention:
+    if at <= now - category.retention:
         return Reason.STALE
     return None

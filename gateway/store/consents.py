@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.crypto import SIGNATURE_ALGORITHM, Keyring, canonical_json
@@ -25,7 +25,7 @@ def as_events(records: list[ConsentRecord]) -> list[ConsentEvent]:
     return [ConsentEvent(r.purpose, r.granted, r.recorded_at, r.expires_at) for r in records]
 
 
-def receipt_payload(record: ConsentRecord, pseudonym: str, key_id: str) -> dict[str, Any]:
+def receipt_payload(record: ConsentRecord, pseudonym: str) -> dict[str, Any]:
     """What a receipt signs: the record, its subject's pseudonym, the policy set in force."""
     return {
         "receipt_id": record.receipt_id,
@@ -37,12 +37,13 @@ def receipt_payload(record: ConsentRecord, pseudonym: str, key_id: str) -> dict[
         "recorded_at": record.recorded_at.isoformat(),
         "expires_at": record.expires_at.isoformat() if record.expires_at else None,
         "policy_hash": record.policy_hash,
-        "key_id": key_id,
+        "key_id": record.key_id,
     }
 
 
-def receipt(record: ConsentRecord, keyring: Keyring) -> dict[str, Any]:
-    payload = receipt_payload(record, record.subject.pseudonym, keyring.key_id)
+def receipt(record: ConsentRecord) -> dict[str, Any]:
+    """The signed receipt of a stored record, as it was signed."""
+    payload = receipt_payload(record, record.subject.pseudonym)
     return {"payload": payload, "algorithm": SIGNATURE_ALGORITHM, "signature": record.signature}
 
 
@@ -68,11 +69,13 @@ def record_consent(
         source=source,
         notice_version=notice_version,
         recorded_at=now,
-        expires_at=expires_at,
+        # Stored and read back as UTC: sign that form, or stored receipts would not verify.
+        expires_at=expires_at.astimezone(UTC) if expires_at else None,
         client=client,
         policy_hash=policy_hash,
+        key_id=keyring.key_id,
     )
-    payload = receipt_payload(record, subject.pseudonym, keyring.key_id)
+    payload = receipt_payload(record, subject.pseudonym)
     record.signature = keyring.sign(canonical_json(payload))
     record.save(force_insert=True)
     return record

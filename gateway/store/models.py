@@ -65,6 +65,7 @@ class ConsentRecord(BaseModel):
     expires_at = UTCDateTimeField(null=True)
     client = CharField()
     policy_hash = CharField()
+    key_id = CharField()  # the signing key of the receipt, so receipts survive key rotation
     signature = TextField()
 
     class Meta:

@@ -135,7 +135,7 @@ def read_profile(subject: Subject | None, plan: ReadPlan, keyring: Keyring) -> P
             (Event.subject == subject)
             & (Event.database == database)
             & (Event.type == event_type)
-            & (Event.at >= since)
+            & (Event.at > since)
         )
         context = _event_context(database, event_type)
         events += [
