@@ -9,13 +9,12 @@ from typing import Any
 from flask import current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import RAISE, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, ValidationError, fields, validate, validates, validates_schema
 
 from gateway import keyring, policies, scoring
 from gateway.api.auth import caller, roles
 from gateway.api.strict import Scalar, StrictBoolean, StrictFloat, StrictSchema, SubjectIdField
 from gateway.audit.chain import Action, AuditRecord, append
-from gateway.errors import GatewayError
 from gateway.policy.engine import Decision, decide
 from gateway.policy.model import Outcome
 from gateway.store.clients import Role
@@ -43,6 +42,11 @@ class PersonalizeSchema(StrictSchema):
     candidates = fields.List(fields.Nested(CandidateSchema), required=True)
     context = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), values=Scalar())
     limit = fields.Integer(strict=True, validate=validate.Range(min=1, max=1000))
+
+    @validates("purpose")
+    def _known_purpose(self, value: str, **_: Any) -> None:
+        if value not in policies().purposes:
+            raise ValidationError(f"Unknown purpose: '{value}'.")
 
     @validates_schema
     def _candidates(self, data: dict[str, Any], **_: Any) -> None:
@@ -151,10 +155,6 @@ class Personalize(MethodView):
     def post(self, body: dict[str, Any], explain: bool) -> dict[str, Any]:
         """Rank candidates for a subject, personalized only where policy and consent allow."""
         purpose = body["purpose"]
-        if purpose not in policies().purposes:
-            raise GatewayError(
-                422, "unknown_purpose", "Unknown purpose.", {"purpose": [f"Unknown: '{purpose}'."]}
-            )
         caller(purpose)
         now = datetime.now(UTC)
         pseudonym = keyring().pseudonym(body["subject_id"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from flask import current_app, g
@@ -19,6 +21,7 @@ from gateway.policy.engine import HoldingKind, admit
 from gateway.policy.model import Registration
 from gateway.store.clients import Role, client_purposes
 from gateway.store.db import write_transaction
+from gateway.store.models import Subject
 from gateway.store.profiles import NewEvent, add_events, put_attributes
 from gateway.store.subjects import ensure_subject
 
@@ -61,8 +64,9 @@ class CollectionResultSchema(StrictSchema):
     refused = fields.Dict(keys=fields.String(), values=fields.String())
 
 
-def _registration(database_id: str) -> Registration:
+def _registration(database_id: str, subject_id: str) -> Registration:
     """The registration a client may write into, or a 422/403 naming the database."""
+    check_subject_id(subject_id)
     registration = policies().databases.get(database_id)
     if registration is None:
         raise GatewayError(
@@ -82,16 +86,49 @@ def _registration(database_id: str) -> Registration:
     return registration
 
 
-def _audit(action: Action, pseudonym: str, result: dict[str, Any], database: str) -> AuditRecord:
-    return AuditRecord(
-        actor=g.client.name,
-        action=action,
-        policy_hash=policies().hash,
-        subject=pseudonym,
-        outcome="refused" if not result["accepted"] else "accepted",
-        fields={"database": database, **result},
-        request_id=g.request_id,
-    )
+def _screen(
+    kind: HoldingKind, items: dict[str, tuple[str, datetime]], database: Registration, now: datetime
+) -> tuple[list[str], dict[str, str]]:
+    """Admit or refuse each item (key -> (name, time)); returns (accepted keys, refused keys)."""
+    refused = {}
+    for key, (name, at) in items.items():
+        reason = admit(kind, name, database, policies(), at, now)
+        if reason is not None:
+            refused[key] = reason.value
+    return [key for key in items if key not in refused], refused
+
+
+def _is_pii(kind: HoldingKind, name: str) -> bool:
+    rules = policies()
+    is_event = kind is HoldingKind.EVENT
+    category = rules.category_of_event(name) if is_event else rules.category_of_attribute(name)
+    return category is not None and category.pii
+
+
+def _collect(
+    subject_id: str,
+    database: Registration,
+    action: Action,
+    result: dict[str, Any],
+    write: Callable[[Subject], None] | None,
+) -> dict[str, Any]:
+    """Store what was admitted and audit the call, in one transaction."""
+    now = datetime.now(UTC)
+    pseudonym = keyring().pseudonym(subject_id)
+    with write_transaction():
+        if write is not None:
+            write(ensure_subject(keyring(), pseudonym, now))
+        record = AuditRecord(
+            actor=g.client.name,
+            action=action,
+            policy_hash=policies().hash,
+            subject=pseudonym,
+            outcome="accepted" if result["accepted"] else "refused",
+            fields={"database": database.id, **result},
+            request_id=g.request_id,
+        )
+        append(record, now)
+    return result
 
 
 @blp.route("/<string:subject_id>/events")
@@ -101,33 +138,15 @@ class SubjectEvents(MethodView):
     @blp.response(200, CollectionResultSchema)
     def post(self, body: dict[str, Any], subject_id: str) -> dict[str, Any]:
         """Collect events; each is stored or refused with a reason."""
-        registration = _registration(body["database"])
-        check_subject_id(subject_id)
-        now, rules = datetime.now(UTC), policies()
-        accepted: list[int] = []
-        refused: dict[str, str] = {}
-        admitted: list[NewEvent] = []
-        for index, event in enumerate(body["events"]):
-            reason = admit(HoldingKind.EVENT, event["type"], registration, rules, event["at"], now)
-            if reason is not None:
-                refused[str(index)] = reason.value
-                continue
-            category = rules.category_of_event(event["type"])
-            assert category is not None
-            accepted.append(index)
-            admitted.append(
-                NewEvent(
-                    event["type"], event["item_id"], event["category"], event["at"], category.pii
-                )
-            )
-        result = {"accepted": accepted, "refused": refused}
-        pseudonym = keyring().pseudonym(subject_id)
-        with write_transaction():
-            if admitted:
-                subject = ensure_subject(keyring(), pseudonym, now)
-                add_events(subject, registration.id, admitted, keyring(), now)
-            append(_audit(Action.EVENTS_COLLECT, pseudonym, result, registration.id), now)
-        return result
+        database = _registration(body["database"], subject_id)
+        now = datetime.now(UTC)
+        events = {str(i): e for i, e in enumerate(body["events"])}
+        times = {key: (e["type"], e["at"]) for key, e in events.items()}
+        accepted, refused = _screen(HoldingKind.EVENT, times, database, now)
+        admitted = [_new_event(events[key]) for key in accepted]
+        write = partial(_write_events, database=database.id, events=admitted) if admitted else None
+        result = {"accepted": [int(key) for key in accepted], "refused": refused}
+        return _collect(subject_id, database, Action.EVENTS_COLLECT, result, write)
 
 
 @blp.route("/<string:subject_id>/attributes")
@@ -137,23 +156,29 @@ class SubjectAttributes(MethodView):
     @blp.response(200, CollectionResultSchema)
     def patch(self, body: dict[str, Any], subject_id: str) -> dict[str, Any]:
         """Set attributes; each is stored or refused with a reason."""
-        registration = _registration(body["database"])
-        check_subject_id(subject_id)
-        now, rules = datetime.now(UTC), policies()
-        values: dict[str, tuple[Any, bool]] = {}
-        refused: dict[str, str] = {}
-        for name, value in body["attributes"].items():
-            reason = admit(HoldingKind.ATTRIBUTE, name, registration, rules, now, now)
-            category = rules.category_of_attribute(name)
-            if reason is not None or category is None:
-                refused[name] = reason.value if reason else "unknown_attribute"
-                continue
-            values[name] = (value, category.pii)
-        result = {"accepted": sorted(values), "refused": refused}
-        pseudonym = keyring().pseudonym(subject_id)
-        with write_transaction():
-            if values:
-                subject = ensure_subject(keyring(), pseudonym, now)
-                put_attributes(subject, registration.id, values, keyring(), now)
-            append(_audit(Action.ATTRIBUTES_COLLECT, pseudonym, result, registration.id), now)
-        return result
+        database = _registration(body["database"], subject_id)
+        now = datetime.now(UTC)
+        names = {name: (name, now) for name in body["attributes"]}
+        accepted, refused = _screen(HoldingKind.ATTRIBUTE, names, database, now)
+        values = {
+            name: (body["attributes"][name], _is_pii(HoldingKind.ATTRIBUTE, name))
+            for name in accepted
+        }
+        write = partial(_write_attributes, database=database.id, values=values) if values else None
+        result = {"accepted": sorted(accepted), "refused": refused}
+        return _collect(subject_id, database, Action.ATTRIBUTES_COLLECT, result, write)
+
+
+def _new_event(event: dict[str, Any]) -> NewEvent:
+    pii = _is_pii(HoldingKind.EVENT, event["type"])
+    return NewEvent(event["type"], event["item_id"], event["category"], event["at"], pii)
+
+
+def _write_events(subject: Subject, *, database: str, events: list[NewEvent]) -> None:
+    add_events(subject, database, events, keyring(), datetime.now(UTC))
+
+
+def _write_attributes(
+    subject: Subject, *, database: str, values: dict[str, tuple[Any, bool]]
+) -> None:
+    put_attributes(subject, database, values, keyring(), datetime.now(UTC))
