@@ -19,13 +19,14 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
-from gateway.audit.chain import Action, AuditRecord, append
+from gateway.audit import audit
+from gateway.audit.chain import Action, AuditRecord
 from gateway.crypto import Keyring
 from gateway.policy.documents import PolicyError, load_policy_set
 from gateway.store.clients import ClientError, Role, client_purposes, create_client, list_clients
 from gateway.store.clients import revoke_client as revoke
 from gateway.store.db import database, write_transaction
-from gateway.store.models import create_tables
+from gateway.store.models import AuditEntry, create_tables
 
 
 def _create_app() -> Flask:
@@ -68,11 +69,44 @@ def initialize(app: Flask) -> Keyring:
     return keyring()
 
 
+def record_policy_load(app: Flask) -> None:
+    """Audit the policy set in force whenever it differs from the one last recorded."""
+    from gateway import policies
+
+    with database.connection_context():
+        _record_policy_load(app, policies().hash)
+
+
+def _record_policy_load(app: Flask, active: str) -> None:
+    last = (
+        AuditEntry.select()
+        .where(AuditEntry.action == Action.POLICY_LOAD.value)
+        .order_by(AuditEntry.seq.desc())
+        .first()
+    )
+    if last is not None and last.policy_hash == active:
+        return
+    record = AuditRecord(
+        actor=operator(),
+        action=Action.POLICY_LOAD,
+        policy_hash=active,
+        outcome="loaded",
+        fields={
+            "policies": app.config["POLICIES"],
+            "registry": app.config["REGISTRY"],
+            "previous": last.policy_hash if last else None,
+        },
+    )
+    with write_transaction():
+        audit(record, datetime.now(UTC))
+
+
 @click.command("init")
 @with_appcontext
 def init_command() -> None:
     """Create the instance folder, keyring and database tables (safe to run again)."""
     initialize(current_app)
+    record_policy_load(current_app)
     click.echo(f"ready: {current_app.config['DATABASE_URL']}")
 
 
@@ -115,7 +149,7 @@ clients = AppGroup("clients", help="Manage API clients.")
 def _audit_client(action: Action, name: str, fields: dict[str, Any]) -> None:
     from gateway import policies
 
-    append(
+    audit(
         AuditRecord(
             actor=operator(),
             action=action,
@@ -187,6 +221,7 @@ def serve_command(host: str, port: int, workers: int) -> None:
     from gateway.serve import serve
 
     initialize(current_app)
+    record_policy_load(current_app)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     serve(app, host=host, port=port, workers=workers)
 
@@ -198,9 +233,12 @@ def demo_command() -> None:
     from gateway.demo import load_demo
 
     initialize(current_app)
+    record_policy_load(current_app)
     load_demo(current_app)
 
 
 def init_app(app: Flask) -> None:
-    for command in (init_command, serve_command, demo_command, clients, policy):
+    from gateway.audit.commands import audit_group
+
+    for command in (init_command, serve_command, demo_command, clients, policy, audit_group):
         app.cli.add_command(command)

@@ -21,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CANDIDATES": 1000,
     "MAX_EVENTS": 1000,
     "MAX_ATTRIBUTES": 100,
+    "AUDIT_CHECKPOINT_EVERY": 100,  # sign the chain head every N entries
+    "AUDIT_PAGE_LIMIT": 1000,
     # flask-smorest: the OpenAPI document is served at /openapi.json
     "API_TITLE": "Consent-governed personalization gateway",
     "API_VERSION": "v1",

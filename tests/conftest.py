@@ -12,7 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway import create_app
+from gateway import create_app, keyring
+from gateway.audit.verification import Verification, verify_stored
 from gateway.cli import initialize
 from gateway.store.clients import Role, create_client
 from gateway.store.db import database
@@ -142,3 +143,10 @@ def auditor(new_caller: Any) -> Caller:
 @pytest.fixture
 def admin(new_caller: Any) -> Caller:
     return new_caller("admin")
+
+
+def verify_audit(app: Flask) -> Verification:
+    """Verify the app's stored audit chain with its own public key."""
+    with app.app_context(), database.connection_context():
+        ring = keyring()
+        return verify_stored({ring.key_id: ring.public_key})

@@ -13,7 +13,8 @@ from marshmallow import ValidationError, fields, validate, validates
 from gateway import keyring, policies
 from gateway.api.auth import caller, may_use, roles
 from gateway.api.strict import StrictBoolean, StrictSchema, check_subject_id
-from gateway.audit.chain import Action, AuditRecord, append
+from gateway.audit import audit
+from gateway.audit.chain import Action, AuditRecord
 from gateway.errors import GatewayError
 from gateway.policy.engine import consent_status, grant_expiry
 from gateway.policy.model import Purpose
@@ -159,7 +160,7 @@ class SubjectPurposeConsent(MethodView):
                 **change,
             )
             action = Action.CONSENT_GRANT if record.granted else Action.CONSENT_WITHDRAW
-            append(
+            audit(
                 AuditRecord(
                     actor=client.name,
                     action=action,

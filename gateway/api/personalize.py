@@ -14,7 +14,8 @@ from marshmallow import RAISE, ValidationError, fields, validate, validates, val
 from gateway import keyring, policies, scoring
 from gateway.api.auth import caller, roles
 from gateway.api.strict import Scalar, StrictBoolean, StrictFloat, StrictSchema, SubjectIdField
-from gateway.audit.chain import Action, AuditRecord, append
+from gateway.audit import audit
+from gateway.audit.chain import Action, AuditRecord
 from gateway.policy.engine import Decision, decide
 from gateway.policy.model import Outcome
 from gateway.store.clients import Role
@@ -171,5 +172,5 @@ class Personalize(MethodView):
         ranking = _rank(decision, subject, body, now)
         decision_id = str(uuid.uuid4())
         with write_transaction():
-            append(_audit_record(decision, decision_id, pseudonym), now)
+            audit(_audit_record(decision, decision_id, pseudonym), now)
         return _response(decision, decision_id, ranking, explain)

@@ -15,7 +15,8 @@ from marshmallow import ValidationError, fields, validate, validates
 from gateway import keyring, policies
 from gateway.api.auth import caller, roles
 from gateway.api.strict import Scalar, StrictSchema, check_subject_id
-from gateway.audit.chain import Action, AuditRecord, append
+from gateway.audit import audit
+from gateway.audit.chain import Action, AuditRecord
 from gateway.errors import GatewayError
 from gateway.policy.engine import HoldingKind, admit
 from gateway.policy.model import Registration
@@ -127,7 +128,7 @@ def _collect(
             fields={"database": database.id, **result},
             request_id=g.request_id,
         )
-        append(record, now)
+        audit(record, now)
     return result
 
 

@@ -1,12 +1,15 @@
-"""The append-only, hash-chained audit log.
+"""The append-only, hash-chained audit log and its signed checkpoints.
 
     with write_transaction():
         change_state(...)
-        append(AuditRecord(actor="web-shop", action=Action.CONSENT_GRANT, ...), now)
+        append(AuditRecord(actor="web-shop", action=Action.CONSENT_GRANT, ...), now,
+               keyring=ring, checkpoint_every=100)
 
-Each entry's hash covers its content and the previous entry's hash, so an edit, deletion,
-insertion or reordering breaks the chain at that seq. Appends happen in the caller's write
-transaction: if the append fails, the change it records is rolled back with it.
+Each entry's hash covers its content, its seq and the previous entry's hash, so an edit,
+deletion, insertion or reordering breaks the chain at that seq. Every `checkpoint_every` entries
+the head is signed with Ed25519, which also fixes everything before it: re-writing the chain
+behind a checkpoint needs the signing key. Appends happen in the caller's write transaction: if
+the append fails, the change it records is rolled back with it.
 """
 
 from __future__ import annotations
@@ -20,10 +23,25 @@ from typing import Any
 
 from peewee import PeeweeException
 
-from gateway.crypto import canonical_json, sha256_hex
-from gateway.store.models import AuditEntry
+from gateway.crypto import Keyring, canonical_json, sha256_hex
+from gateway.store.models import AuditCheckpoint, AuditEntry
 
 GENESIS = "0" * 64
+HASHED_FIELDS = (
+    "seq",
+    "at",
+    "actor",
+    "action",
+    "subject",
+    "purpose",
+    "outcome",
+    "reasons",
+    "fields",
+    "policy_hash",
+    "request_id",
+    "decision_id",
+    "prev_hash",
+)
 
 
 class Action(StrEnum):
@@ -34,6 +52,9 @@ class Action(StrEnum):
     ATTRIBUTES_COLLECT = "attributes.collect"
     CLIENT_CREATE = "client.create"
     CLIENT_REVOKE = "client.revoke"
+    POLICY_LOAD = "policy.load"
+    AUDIT_EXPORT = "audit.export"
+    AUDIT_CHECKPOINT = "audit.checkpoint"
 
 
 class AuditUnavailable(Exception):
@@ -54,8 +75,13 @@ class AuditRecord:
     decision_id: str | None = None
 
 
-def _body(entry: AuditEntry) -> dict[str, Any]:
-    """The hashed content of an entry: every column but the hash itself."""
+def timestamp(now: datetime) -> str:
+    """The one text form of audit times: UTC, microseconds, so text order is time order."""
+    return now.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def entry_body(entry: AuditEntry) -> dict[str, Any]:
+    """An entry as plain data: the hashed fields plus its hash."""
     return {
         "seq": entry.seq,
         "at": entry.at,
@@ -70,20 +96,48 @@ def _body(entry: AuditEntry) -> dict[str, Any]:
         "request_id": entry.request_id,
         "decision_id": entry.decision_id,
         "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
     }
 
 
-def entry_hash(entry: AuditEntry) -> str:
-    return sha256_hex(canonical_json(_body(entry)))
+def body_hash(body: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of an entry's hashed fields."""
+    return sha256_hex(canonical_json({name: body.get(name) for name in HASHED_FIELDS}))
 
 
-def append(record: AuditRecord, now: datetime) -> AuditEntry:
+def checkpoint_payload(seq: int, entry_hash: str, at: str, key_id: str) -> bytes:
+    return canonical_json({"seq": seq, "hash": entry_hash, "at": at, "key_id": key_id})
+
+
+def sign_checkpoint(entry: AuditEntry, keyring: Keyring, now: datetime) -> AuditCheckpoint:
+    """Sign the chain up to `entry` (idempotent: one checkpoint per seq)."""
+    existing = AuditCheckpoint.get_or_none(AuditCheckpoint.seq == entry.seq)
+    if existing is not None:
+        return existing
+    at = timestamp(now)
+    signature = keyring.sign(checkpoint_payload(entry.seq, entry.hash, at, keyring.key_id))
+    return AuditCheckpoint.create(
+        seq=entry.seq, hash=entry.hash, at=at, key_id=keyring.key_id, signature=signature
+    )
+
+
+def head() -> AuditEntry | None:
+    return AuditEntry.select().order_by(AuditEntry.seq.desc()).first()
+
+
+def append(
+    record: AuditRecord,
+    now: datetime,
+    *,
+    keyring: Keyring | None = None,
+    checkpoint_every: int = 0,
+) -> AuditEntry:
     """Append one entry at the chain head; call inside `write_transaction()`."""
     try:
-        head = AuditEntry.select().order_by(AuditEntry.seq.desc()).first()
+        last = head()
         entry = AuditEntry(
-            seq=head.seq + 1 if head else 1,
-            at=now.astimezone(UTC).isoformat(timespec="microseconds"),
+            seq=last.seq + 1 if last else 1,
+            at=timestamp(now),
             actor=record.actor,
             action=record.action.value,
             subject=record.subject,
@@ -94,33 +148,12 @@ def append(record: AuditRecord, now: datetime) -> AuditEntry:
             policy_hash=record.policy_hash,
             request_id=record.request_id,
             decision_id=record.decision_id,
-            prev_hash=head.hash if head else GENESIS,
+            prev_hash=last.hash if last else GENESIS,
         )
-        entry.hash = entry_hash(entry)
+        entry.hash = body_hash(entry_body(entry))
         entry.save(force_insert=True)
+        if keyring is not None and checkpoint_every and entry.seq % checkpoint_every == 0:
+            sign_checkpoint(entry, keyring, now)
     except PeeweeException as exc:
         raise AuditUnavailable("the audit entry could not be written") from exc
     return entry
-
-
-@dataclass(frozen=True)
-class Verification:
-    ok: bool
-    entries: int
-    first_bad_seq: int | None = None
-    problem: str | None = None
-
-
-def verify() -> Verification:
-    """Recompute the whole chain from the first entry and name the first entry that breaks it."""
-    previous, expected_seq, count = GENESIS, 1, 0
-    for entry in AuditEntry.select().order_by(AuditEntry.seq).iterator():
-        count += 1
-        if entry.seq != expected_seq:
-            return Verification(False, count, expected_seq, "entry missing or out of order")
-        if entry.prev_hash != previous:
-            return Verification(False, count, entry.seq, "prev_hash does not match the chain")
-        if entry_hash(entry) != entry.hash:
-            return Verification(False, count, entry.seq, "content does not match its hash")
-        previous, expected_seq = entry.hash, expected_seq + 1
-    return Verification(True, count)

@@ -114,8 +114,35 @@ class AuditEntry(BaseModel):
     prev_hash = CharField()
     hash = CharField(unique=True)
 
+    class Meta:
+        indexes = (
+            (("subject", "seq"), False),
+            (("purpose", "seq"), False),
+            (("action", "seq"), False),
+            (("actor", "seq"), False),
+            (("at",), False),
+        )
 
-TABLES: list[type[Model]] = [ApiClient, Subject, ConsentRecord, Attribute, Event, AuditEntry]
+
+class AuditCheckpoint(BaseModel):
+    """An Ed25519 signature over (seq, hash, at, key_id) of one audit entry."""
+
+    seq = IntegerField(unique=True)
+    hash = CharField()
+    at = CharField()
+    key_id = CharField()
+    signature = TextField()
+
+
+TABLES: list[type[Model]] = [
+    ApiClient,
+    Subject,
+    ConsentRecord,
+    Attribute,
+    Event,
+    AuditEntry,
+    AuditCheckpoint,
+]
 
 
 def create_tables() -> None:

@@ -16,7 +16,6 @@ import yaml
 from flask import Flask
 
 from gateway import keyring
-from gateway.audit.chain import verify
 from gateway.errors import PROBLEM_MIME
 from gateway.policy.engine import ReadPlan
 from gateway.store.clients import Role, create_client
@@ -24,7 +23,7 @@ from gateway.store.db import database
 from gateway.store.models import Attribute, AuditEntry, Event, Subject
 from gateway.store.profiles import read_profile
 from gateway.store.subjects import find_subject
-from tests.conftest import Caller
+from tests.conftest import Caller, verify_audit
 
 SUBJECT = "shopper-0193"
 CALENDAR = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -296,8 +295,7 @@ def test_every_collection_call_is_audited(app: Flask, shop: Caller, auditor: Cal
         assert entry.policy_hash == policy_hash
         assert json.loads(entry.fields) == {"database": database_id, **result}
         assert SUBJECT not in json.dumps(entry.__data__, default=str)
-    with app.app_context(), database.connection_context():
-        assert verify().ok
+    assert verify_audit(app).ok
 
 
 # -- PII at rest -------------------------------------------------------------------------------

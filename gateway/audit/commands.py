@@ -1,0 +1,153 @@
+"""`gateway audit ...`: verify (also an export, offline), export, summary, checkpoint.
+
+gateway audit verify                        # exit 1 when the chain is broken
+gateway audit export --since 2026-01-01T00:00:00Z --format jsonl --output audit.jsonl
+gateway audit verify --file audit.jsonl --public-key <base64url>   # no database needed
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+from flask.cli import AppGroup, with_appcontext
+
+from gateway.audit import audit
+from gateway.audit.chain import Action, AuditRecord, head, sign_checkpoint, timestamp
+from gateway.audit.export import FORMATS, export_lines, verify_export
+from gateway.audit.queries import summary
+from gateway.audit.verification import Verification, verify_stored
+from gateway.store.db import database, write_transaction
+
+audit_group = AppGroup("audit", help="Verify, export and summarize the audit log.")
+
+
+class AwareDateTime(click.ParamType):
+    name = "datetime"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 date-time", param, ctx)
+        if parsed.tzinfo is None:
+            self.fail(f"{value!r} needs a UTC offset, e.g. 2026-01-01T00:00:00Z", param, ctx)
+        return parsed
+
+
+def _report(result: Verification) -> None:
+    shown = {k: v for k, v in asdict(result).items() if k != "last_hash"}
+    click.echo(json.dumps(shown, indent=2))
+    if not result.ok:
+        sys.exit(1)
+
+
+def _operator() -> str:
+    from gateway.cli import operator
+
+    return operator()
+
+
+def _record(action: Action, **fields: Any) -> AuditRecord:
+    from gateway import policies
+
+    return AuditRecord(
+        actor=_operator(),
+        action=action,
+        policy_hash=policies().hash,
+        outcome="recorded",
+        fields=fields,
+    )
+
+
+@click.command("verify")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Verify this export offline instead of the database.",
+)
+@click.option("--public-key", default=None, help="The key the export must be signed with.")
+def verify_command(path: str | None, public_key: str | None) -> None:
+    """Verify the chain and its checkpoints; exit 1 naming the first bad seq."""
+    if path is not None:
+        with open(path, encoding="utf-8", newline="") as handle:
+            _report(verify_export(handle, public_key))
+        return
+    _verify_database()
+
+
+@with_appcontext
+def _verify_database() -> None:
+    from gateway import keyring
+
+    ring = keyring()
+    with database.connection_context():
+        _report(verify_stored({ring.key_id: ring.public_key}))
+
+
+@audit_group.command("export")
+@click.option("--since", type=AwareDateTime(), default=None, help="Inclusive, with offset.")
+@click.option("--until", type=AwareDateTime(), default=None, help="Exclusive, with offset.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default="-",
+    help="A file, or - for standard output.",
+)
+def export_command(since: datetime | None, until: datetime | None, fmt: str, output: str) -> None:
+    """Export entries of a time window with their hashes, checkpoints and signatures."""
+    from gateway import keyring
+
+    now = datetime.now(UTC)
+    window = {
+        "format": fmt,
+        "since": since and timestamp(since),
+        "until": until and timestamp(until),
+    }
+    with database.connection_context():
+        with write_transaction():
+            audit(_record(Action.AUDIT_EXPORT, output=output, **window), now)
+        lines = export_lines(fmt, since, until, keyring(), exported_at=timestamp(now))
+        if output == "-":
+            _write(lines, sys.stdout)
+        else:
+            with Path(output).open("w", encoding="utf-8", newline="") as handle:
+                _write(lines, handle)
+
+
+def _write(lines: Any, handle: TextIO) -> None:
+    for line in lines:
+        handle.write(line)
+
+
+@audit_group.command("summary")
+@click.option("--since", type=AwareDateTime(), default=None)
+@click.option("--until", type=AwareDateTime(), default=None)
+def summary_command(since: datetime | None, until: datetime | None) -> None:
+    """Decisions by purpose and outcome, refusals by reason, consent changes, other actions."""
+    with database.connection_context():
+        found = summary(since, until)
+    click.echo(json.dumps(found, indent=2, default=str))
+
+
+@audit_group.command("checkpoint")
+def checkpoint_command() -> None:
+    """Sign the chain head now."""
+    from gateway import keyring
+
+    now = datetime.now(UTC)
+    with database.connection_context(), write_transaction():
+        audit(_record(Action.AUDIT_CHECKPOINT), now)
+        checkpoint = sign_checkpoint(head(), keyring(), now)  # type: ignore[arg-type]
+    click.echo(f"signed seq {checkpoint.seq} ({checkpoint.hash}) with key {checkpoint.key_id}")
+
+
+audit_group.add_command(verify_command)

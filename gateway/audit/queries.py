@@ -1,0 +1,130 @@
+"""Read the audit log: filtered pages with a stable cursor, and a compliance summary.
+
+    page = find_entries(EntryFilter(purpose="recommendations", since=t0), after_seq=0, limit=100)
+    page.entries, page.next_after      # pass next_after back for the following page
+
+Pages run in seq order and a cursor is the last seq seen, so entries appended between two
+pages never shift, repeat or skip anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from peewee import fn
+
+from gateway.audit.chain import Action, entry_body, timestamp
+from gateway.store.models import AuditEntry
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    subject: str | None = None  # pseudonym
+    purpose: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    actor: str | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+    def where(self) -> Any:
+        clauses: list[Any] = [AuditEntry.seq > 0]
+        for column, value in (
+            (AuditEntry.subject, self.subject),
+            (AuditEntry.purpose, self.purpose),
+            (AuditEntry.action, self.action),
+            (AuditEntry.outcome, self.outcome),
+            (AuditEntry.actor, self.actor),
+        ):
+            if value is not None:
+                clauses.append(column == value)
+        if self.since is not None:
+            clauses.append(AuditEntry.at >= timestamp(self.since))
+        if self.until is not None:
+            clauses.append(AuditEntry.at < timestamp(self.until))
+        condition = clauses[0]
+        for clause in clauses[1:]:
+            condition &= clause
+        return condition
+
+
+@dataclass(frozen=True)
+class Page:
+    entries: list[dict[str, Any]]
+    next_after: int | None
+
+
+def find_entries(where: EntryFilter, *, after_seq: int, limit: int) -> Page:
+    """Up to `limit` matching entries after `after_seq`; `next_after` is None on the last page."""
+    rows = (
+        AuditEntry.select()
+        .where(where.where() & (AuditEntry.seq > after_seq))
+        .order_by(AuditEntry.seq)
+        .limit(limit + 1)
+    )
+    entries = [entry_body(row) for row in rows]
+    more = len(entries) > limit
+    entries = entries[:limit]
+    return Page(entries, entries[-1]["seq"] if more else None)
+
+
+def seq_range(since: datetime | None, until: datetime | None) -> tuple[int, int] | None:
+    """The first and last seq of entries written in [since, until), or None if there are none."""
+    window = EntryFilter(since=since, until=until).where()
+    first, last = (
+        AuditEntry.select(fn.MIN(AuditEntry.seq), fn.MAX(AuditEntry.seq))
+        .where(window)
+        .scalar(as_tuple=True)
+    )
+    return None if first is None else (first, last)
+
+
+def iter_range(first: int, last: int) -> Iterator[AuditEntry]:
+    query = AuditEntry.select().where(AuditEntry.seq.between(first, last)).order_by(AuditEntry.seq)
+    return iter(query.iterator())
+
+
+def summary(since: datetime | None, until: datetime | None) -> dict[str, Any]:
+    """Decisions by purpose and outcome, refusals by reason, consent changes, purges, exports."""
+    window = EntryFilter(since=since, until=until).where()
+    decisions: dict[str, dict[str, int]] = defaultdict(dict)
+    refusals: Counter[str] = Counter()
+    consents: dict[str, dict[str, int]] = defaultdict(lambda: {"granted": 0, "withdrawn": 0})
+    actions: dict[str, int] = {}
+    grouped = (
+        AuditEntry.select(
+            AuditEntry.action,
+            AuditEntry.purpose,
+            AuditEntry.outcome,
+            AuditEntry.reasons,
+            fn.COUNT(AuditEntry.seq).alias("n"),
+        )
+        .where(window)
+        .group_by(AuditEntry.action, AuditEntry.purpose, AuditEntry.outcome, AuditEntry.reasons)
+        .tuples()
+    )
+    rows: list[tuple[str, str, str, str, int]] = list(grouped)  # type: ignore[arg-type]
+    for action, purpose, outcome, reasons, n in rows:
+        actions[action] = actions.get(action, 0) + n
+        if action == Action.DECISION:
+            per_purpose = decisions[purpose]
+            per_purpose[outcome] = per_purpose.get(outcome, 0) + n
+            if outcome != "allow":
+                refusals.update({reason: n for reason in json.loads(reasons)})
+        elif action in (Action.CONSENT_GRANT, Action.CONSENT_WITHDRAW):
+            key = "granted" if action == Action.CONSENT_GRANT else "withdrawn"
+            consents[purpose][key] += n
+    return {
+        "since": since,
+        "until": until,
+        "entries": sum(actions.values()),
+        "decisions": dict(decisions),
+        "refusals": dict(refusals),
+        "consents": dict(consents),
+        "actions": actions,
+    }
