@@ -20,7 +20,7 @@ from gateway.policy.model import PolicySet
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: configuration, validated documents, database binding, API, CLI."""
     from gateway import api, cli, errors
-    from gateway.store import db
+    from gateway.store import db, keystore
 
     app = Flask(__name__)
     load_config(app, config)
@@ -29,6 +29,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     db.bind(app.config["DATABASE_URL"])
     db.init_app(app)
+    keystore.init_app(app)
     errors.init_app(app)
     api.init_app(app)
     cli.init_app(app)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
+from gateway.audit.commands import audit_group
 from gateway.crypto import Keyring
 from gateway.policy.documents import PolicyError, load_policy_set
 from gateway.store.clients import ClientError, Role, client_purposes, create_client, list_clients
@@ -142,11 +143,13 @@ def policy_check(policies_dir: str | None, registry_dir: str | None) -> None:
 
 
 main.add_command(policy)
+main.add_command(audit_group)
 
 clients = AppGroup("clients", help="Manage API clients.")
 
 
-def _audit_client(action: Action, name: str, fields: dict[str, Any]) -> None:
+def audit_client_change(action: Action, name: str, fields: dict[str, Any]) -> None:
+    """Append a client.create or client.revoke entry (call inside the write transaction)."""
     from gateway import policies
 
     audit(
@@ -181,7 +184,7 @@ def clients_add(name: str, role: str, purposes: tuple[str, ...]) -> None:
             client, key = create_client(name, Role(role), list(purposes), datetime.now(UTC))
         except ClientError as exc:
             raise click.ClickException(str(exc)) from exc
-        _audit_client(
+        audit_client_change(
             Action.CLIENT_CREATE, name, {"role": role, "purposes": client_purposes(client)}
         )
     click.echo(f"created {role} client {name!r}; keep this key, it is not shown again:")
@@ -204,11 +207,12 @@ def clients_revoke(name: str) -> None:
     """Revoke a client's key at once."""
     with database.connection_context(), write_transaction():
         try:
-            revoke(name, datetime.now(UTC))
+            changed = revoke(name, datetime.now(UTC))
         except ClientError as exc:
             raise click.ClickException(str(exc)) from exc
-        _audit_client(Action.CLIENT_REVOKE, name, {})
-    click.echo(f"revoked {name!r}")
+        if changed:
+            audit_client_change(Action.CLIENT_REVOKE, name, {})
+    click.echo(f"revoked {name!r}" if changed else f"{name!r} was already revoked")
 
 
 @click.command("serve")
@@ -226,6 +230,59 @@ def serve_command(host: str, port: int, workers: int) -> None:
     serve(app, host=host, port=port, workers=workers)
 
 
+@click.command("purge")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@with_appcontext
+def purge_command(dry_run: bool) -> None:
+    """Delete data past its retention, in batches; exit 1 on failure."""
+    from gateway import policies
+    from gateway.retention import PurgeBusy, purge_expired
+
+    config = current_app.config
+    try:
+        with database.connection_context():
+            outcome = purge_expired(
+                policies(),
+                datetime.now(UTC),
+                actor=operator(),
+                batch_size=int(config["PURGE_BATCH_SIZE"]),
+                dry_run=dry_run,
+                lease_ttl=timedelta(seconds=int(config["PURGE_LEASE_SECONDS"])),
+            )
+    except PurgeBusy as busy:
+        click.echo(f"skipped: {busy}")
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"purge run {outcome.run.id} ({'dry run' if dry_run else 'finished'})")
+    for result in outcome.results:
+        if result.found:
+            click.echo(
+                f"  {result.kind:<10} {result.category:<20} found {result.found:>8}"
+                f"  {verb} {result.deleted if not dry_run else result.found:>8}"
+                f"  {result.seconds:.3f}s"
+            )
+    click.echo(f"total {verb}: {sum(r.found if dry_run else r.deleted for r in outcome.results)}")
+
+
+@click.command("scheduler")
+@with_appcontext
+def scheduler_command() -> None:
+    """Run retention purges on GATEWAY_PURGE_CRON (UTC) until stopped."""
+    import logging
+
+    from gateway.scheduler import build_scheduler
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    initialize(app)
+    scheduler = build_scheduler(app)
+    click.echo(f"scheduler: purges on '{app.config['PURGE_CRON']}' (UTC)")
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        scheduler.shutdown(wait=False)
+
+
 @click.command("demo")
 @with_appcontext
 def demo_command() -> None:
@@ -238,7 +295,6 @@ def demo_command() -> None:
 
 
 def init_app(app: Flask) -> None:
-    from gateway.audit.commands import audit_group
-
-    for command in (init_command, serve_command, demo_command, clients, policy, audit_group):
+    commands = (init_command, serve_command, demo_command, purge_command, scheduler_command)
+    for command in (*commands, clients, policy, audit_group):
         app.cli.add_command(command)

@@ -15,6 +15,7 @@ DEFAULTS: dict[str, Any] = {
     "HOME": "instance",
     "DATABASE_URL": None,  # default: SQLite in HOME
     "KEYRING": None,  # default: HOME/keyring.json
+    "KEYSTORE_URL": None,  # subject data keys; default: SQLite HOME/keys.db
     "POLICIES": "policies",
     "REGISTRY": "registry",
     "MAX_CONTENT_LENGTH": 1024 * 1024,
@@ -22,7 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_EVENTS": 1000,
     "MAX_ATTRIBUTES": 100,
     "AUDIT_CHECKPOINT_EVERY": 100,  # sign the chain head every N entries
-    "AUDIT_PAGE_LIMIT": 1000,
+    "PURGE_CRON": "0 3 * * *",  # UTC; six fields put seconds first
+    "PURGE_BATCH_SIZE": 1000,  # rows per delete transaction
+    "PURGE_LEASE_SECONDS": 120,
+    "PURGE_MISFIRE_GRACE_SECONDS": 3600,
     # flask-smorest: the OpenAPI document is served at /openapi.json
     "API_TITLE": "Consent-governed personalization gateway",
     "API_VERSION": "v1",
@@ -44,5 +48,7 @@ def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
     app.config["HOME"] = str(home)
     if not app.config["DATABASE_URL"]:
         app.config["DATABASE_URL"] = f"sqlite:///{home / 'gateway.db'}"
+    if not app.config["KEYSTORE_URL"]:
+        app.config["KEYSTORE_URL"] = f"sqlite:///{home / 'keys.db'}"
     if not app.config["KEYRING"]:
         app.config["KEYRING"] = str(home / "keyring.json")

@@ -98,7 +98,11 @@ def decrypt_field(data_key: bytes, token: str, context: str) -> str:
 def verify_signature(public_key: str, signature: str, payload: bytes) -> bool:
     """Check an Ed25519 signature made by `Keyring.sign` against a published public key."""
     try:
-        Ed25519PublicKey.from_public_bytes(_unb64(public_key)).verify(_unb64(signature), payload)
+        raw = _unb64(signature)
+        # One signature, one text: base64 padding bits and "+/" for "-_" must not slip through.
+        if _b64(raw) != signature:
+            return False
+        Ed25519PublicKey.from_public_bytes(_unb64(public_key)).verify(raw, payload)
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -14,7 +14,9 @@ from typing import Any
 import click
 from flask import Flask
 
-from gateway.store.clients import Role, create_client
+from gateway.audit.chain import Action
+from gateway.cli import audit_client_change
+from gateway.store.clients import Role, client_purposes, create_client
 from gateway.store.db import database, write_transaction
 
 CLIENTS: dict[str, tuple[Role, list[str]]] = {
@@ -29,7 +31,9 @@ def _create_clients(path: Path) -> dict[str, str]:
     keys = {}
     with database.connection_context(), write_transaction():
         for name, (role, purposes) in CLIENTS.items():
-            _, keys[name] = create_client(name, role, purposes, datetime.now(UTC))
+            client, keys[name] = create_client(name, role, purposes, datetime.now(UTC))
+            granted = {"role": role.value, "purposes": client_purposes(client)}
+            audit_client_change(Action.CLIENT_CREATE, name, granted)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(keys, handle, indent=2)

@@ -17,6 +17,7 @@ from gateway.audit.verification import Verification, verify_stored
 from gateway.cli import initialize
 from gateway.store.clients import Role, create_client
 from gateway.store.db import database
+from gateway.store.keystore import close_keystore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +61,7 @@ def make_app(tmp_path: Path, documents: tuple[Path, Path]) -> Iterator[Any]:
     yield build
     if not database.is_closed():
         database.close()
+    close_keystore()
 
 
 @pytest.fixture

@@ -284,3 +284,26 @@ def test_policy_check_names_the_invalid_file(
     problems = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert any(str(target) in line and key in line for line in problems), result.output
     assert "policy_hash" not in result.stdout
+
+
+@pytest.mark.parametrize("name", ["", "has space", "semi;colon", "x" * 65, "ünïcode"])
+def test_a_client_name_must_be_a_plain_identifier(app: Flask, runner: Any, name: str) -> None:
+    result = runner.invoke(args=["clients", "add", name, "--role", "auditor"])
+
+    assert result.exit_code != 0
+    assert "client name" in result.output
+    with app.app_context(), database.connection_context():
+        assert ApiClient.select().count() == 0
+
+
+def test_revoking_twice_audits_once(app: Flask, runner: Any) -> None:
+    _add(runner, "web", "--role", "auditor")
+
+    first = runner.invoke(args=["clients", "revoke", "web"])
+    second = runner.invoke(args=["clients", "revoke", "web"])
+
+    assert (first.exit_code, second.exit_code) == (0, 0)
+    assert "already revoked" in second.output
+    with app.app_context(), database.connection_context():
+        revocations = AuditEntry.select().where(AuditEntry.action == Action.CLIENT_REVOKE.value)
+        assert revocations.count() == 1

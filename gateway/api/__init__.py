@@ -59,10 +59,19 @@ def _after_request(response: Response) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    from gateway.api import audit, consents, documents, health, personalize, profiles
+    from gateway.api import (
+        audit,
+        consents,
+        documents,
+        health,
+        personalize,
+        profiles,
+        purges,
+        subjects,
+    )
 
     app.before_request(_before_request)
     app.after_request(_after_request)
     api = GatewayApi(app)
-    for module in (personalize, consents, profiles, documents, audit, health):
+    for module in (personalize, consents, profiles, subjects, documents, audit, purges, health):
         api.register_blueprint(module.blp)

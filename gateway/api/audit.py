@@ -99,6 +99,8 @@ class SummarySchema(StrictSchema):
     decisions = fields.Dict(keys=fields.String(), values=fields.Dict())
     refusals = fields.Dict(keys=fields.String(), values=fields.Integer())
     consents = fields.Dict(keys=fields.String(), values=fields.Dict())
+    purges = fields.Dict()
+    erasures = fields.Integer()
     actions = fields.Dict(keys=fields.String(), values=fields.Integer())
 
 
@@ -111,7 +113,8 @@ def _after(cursor: str | None) -> int:
         return 0
     try:
         kind, _, seq = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        if kind == "seq" and seq.isdigit():
+        # a seq past SQLite's 64-bit integers names no position (and would be a 500)
+        if kind == "seq" and seq.isdigit() and int(seq) < 2**63:
             return int(seq)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

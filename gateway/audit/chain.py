@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from peewee import PeeweeException
+from playhouse.shortcuts import model_to_dict
 
 from gateway.crypto import Keyring, canonical_json, sha256_hex
 from gateway.store.models import AuditCheckpoint, AuditEntry
@@ -55,6 +56,9 @@ class Action(StrEnum):
     POLICY_LOAD = "policy.load"
     AUDIT_EXPORT = "audit.export"
     AUDIT_CHECKPOINT = "audit.checkpoint"
+    PURGE = "purge"
+    SUBJECT_EXPORT = "subject.export"
+    SUBJECT_ERASE = "subject.erase"
 
 
 class AuditUnavailable(Exception):
@@ -80,24 +84,19 @@ def timestamp(now: datetime) -> str:
     return now.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def _stored_json(text: str) -> Any:
+    """A JSON column; text that is not JSON (only a tampered row) stays text and fails its hash."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def entry_body(entry: AuditEntry) -> dict[str, Any]:
     """An entry as plain data: the hashed fields plus its hash."""
-    return {
-        "seq": entry.seq,
-        "at": entry.at,
-        "actor": entry.actor,
-        "action": entry.action,
-        "subject": entry.subject,
-        "purpose": entry.purpose,
-        "outcome": entry.outcome,
-        "reasons": json.loads(entry.reasons),
-        "fields": json.loads(entry.fields),
-        "policy_hash": entry.policy_hash,
-        "request_id": entry.request_id,
-        "decision_id": entry.decision_id,
-        "prev_hash": entry.prev_hash,
-        "hash": entry.hash,
-    }
+    body: dict[str, Any] = model_to_dict(entry)
+    body["reasons"], body["fields"] = _stored_json(entry.reasons), _stored_json(entry.fields)
+    return body
 
 
 def body_hash(body: Mapping[str, Any]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import click
-from flask.cli import AppGroup, with_appcontext
+from flask.cli import with_appcontext
 
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord, head, sign_checkpoint, timestamp
@@ -24,7 +24,9 @@ from gateway.audit.queries import summary
 from gateway.audit.verification import Verification, verify_stored
 from gateway.store.db import database, write_transaction
 
-audit_group = AppGroup("audit", help="Verify, export and summarize the audit log.")
+# A plain group: `audit verify --file` must work without the app, its documents or database;
+# the other commands load the app through `with_appcontext`.
+audit_group = click.Group("audit", help="Verify, export and summarize the audit log.")
 
 
 class AwareDateTime(click.ParamType):
@@ -93,6 +95,7 @@ def _verify_database() -> None:
 
 
 @audit_group.command("export")
+@with_appcontext
 @click.option("--since", type=AwareDateTime(), default=None, help="Inclusive, with offset.")
 @click.option("--until", type=AwareDateTime(), default=None, help="Exclusive, with offset.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
@@ -129,16 +132,21 @@ def _write(lines: Any, handle: TextIO) -> None:
 
 
 @audit_group.command("summary")
+@with_appcontext
 @click.option("--since", type=AwareDateTime(), default=None)
 @click.option("--until", type=AwareDateTime(), default=None)
 def summary_command(since: datetime | None, until: datetime | None) -> None:
     """Decisions by purpose and outcome, refusals by reason, consent changes, other actions."""
+    if since and until and since >= until:
+        raise click.BadParameter("must be later than --since", param_hint="--until")
     with database.connection_context():
         found = summary(since, until)
-    click.echo(json.dumps(found, indent=2, default=str))
+    found["since"], found["until"] = since and since.isoformat(), until and until.isoformat()
+    click.echo(json.dumps(found, indent=2))
 
 
 @audit_group.command("checkpoint")
+@with_appcontext
 def checkpoint_command() -> None:
     """Sign the chain head now."""
     from gateway import keyring

@@ -6,8 +6,9 @@
 
 An export is a header (format, public key, the seq range and the hash the range links to), the
 entries in seq order with each signed checkpoint after its entry, and a footer signed over the
-count, the last hash and the header's digest. Every line is in canonical form, so verification
-re-renders each record and any changed byte fails, even one that leaves the values readable.
+counts of entries and checkpoints, the last hash and the header's digest. Every line is in
+canonical form with exactly its record's keys, so verification re-renders each record and any
+changed byte fails, even one that leaves the values readable.
 """
 
 from __future__ import annotations
@@ -36,6 +37,32 @@ FORMATS = ("jsonl", "csv")
 CSV_COLUMNS = ("record", *HASHED_FIELDS, "hash", "key_id", "signature", "meta")
 JSON_COLUMNS = ("reasons", "fields", "meta")
 INT_COLUMNS = ("seq",)
+# The keys of each kind of record, exactly: a renamed key whose value is null changes no hash.
+RECORD_KEYS = {
+    "header": {
+        "record",
+        "format",
+        "algorithm",
+        "key_id",
+        "public_key",
+        "since",
+        "until",
+        "first_seq",
+        "anchor",
+        "exported_at",
+    },
+    "entry": {"record", *HASHED_FIELDS, "hash"},
+    "checkpoint": {"record", "seq", "hash", "at", "key_id", "signature"},
+    "footer": {
+        "record",
+        "entries",
+        "checkpoints",
+        "last_seq",
+        "last_hash",
+        "header_digest",
+        "signature",
+    },
+}
 
 
 class ExportFormatError(ValueError):
@@ -98,22 +125,22 @@ def parse_line(line: str, fmt: str) -> dict[str, Any]:
         record = json.loads(line) if fmt == "jsonl" else _parse_csv(line)
     except (ValueError, StopIteration, csv.Error) as exc:
         raise ExportFormatError(f"not a record: {exc}") from exc
-    if not isinstance(record, dict) or record.get("record") not in (
-        "header",
-        "entry",
-        "checkpoint",
-        "footer",
-    ):
+    if not isinstance(record, dict) or record.get("record") not in RECORD_KEYS:
         raise ExportFormatError("not a record")
+    if set(record) != RECORD_KEYS[record["record"]]:
+        raise ExportFormatError(f"not the fields of a {record['record']}")
     if RENDER[fmt](record) != line:
         raise ExportFormatError("not in canonical form")
     return record
 
 
-def _footer(count: int, last_seq: int | None, last_hash: str, header_line: str) -> dict[str, Any]:
+def _footer(
+    count: int, checkpoints: int, last_seq: int | None, last_hash: str, header_line: str
+) -> dict[str, Any]:
     return {
         "record": "footer",
         "entries": count,
+        "checkpoints": checkpoints,
         "last_seq": last_seq,
         "last_hash": last_hash,
         "header_digest": sha256_hex(header_line.encode("utf-8")),
@@ -162,16 +189,16 @@ def export_lines(
         .iterator()
     )
     pending = next(checkpoints, None)
-    count, last_hash, last_seq = 0, anchor, None
+    count, signed, last_hash, last_seq = 0, 0, anchor, None
     entry = opening
     while entry is not None:
         yield render({"record": "entry", **entry_body(entry)})
         while pending is not None and pending.seq <= entry.seq:
             yield render({"record": "checkpoint", **checkpoint_body(pending)})
-            pending = next(checkpoints, None)
+            pending, signed = next(checkpoints, None), signed + 1
         count, last_hash, last_seq = count + 1, entry.hash, entry.seq
         entry = next(entries, None)
-    footer = _footer(count, last_seq, last_hash, header_line)
+    footer = _footer(count, signed, last_seq, last_hash, header_line)
     footer["signature"] = keyring.sign(_signed_part(footer))
     yield render(footer)
 
@@ -179,7 +206,9 @@ def export_lines(
 def _footer_problem(
     footer: Mapping[str, Any], header_line: str, key: str, result: Verification
 ) -> str | None:
-    expected = _footer(result.entries, result.last_seq, result.last_hash or "", header_line)
+    expected = _footer(
+        result.entries, result.checkpoints, result.last_seq, result.last_hash or "", header_line
+    )
     if any(footer.get(k) != v for k, v in expected.items()):
         return "the footer does not match the entries and header before it"
     if not verify_signature(key, str(footer.get("signature")), _signed_part(footer)):
@@ -192,6 +221,8 @@ def verify_export(lines: Iterable[str], public_key: str | None = None) -> Verifi
     stream = iter(lines)
     first_line = next(stream, "")
     fmt = "jsonl" if first_line.startswith("{") else "csv"
+    if fmt == "csv" and first_line != ",".join(CSV_COLUMNS) + "\n":
+        return Verification(False, 0, None, "the CSV column names are not this format's")
     header_line = first_line if fmt == "jsonl" else next(stream, "")
     try:
         header = parse_line(header_line, fmt)

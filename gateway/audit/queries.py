@@ -126,5 +126,23 @@ def summary(since: datetime | None, until: datetime | None) -> dict[str, Any]:
         "decisions": dict(decisions),
         "refusals": dict(refusals),
         "consents": dict(consents),
+        "purges": _purges(window),
+        "erasures": actions.get(Action.SUBJECT_ERASE, 0),
         "actions": actions,
     }
+
+
+def _purges(window: Any) -> dict[str, Any]:
+    """Purge runs and the rows they deleted per category, from the runs' own entries."""
+    runs = dry_runs = 0
+    deleted: Counter[str] = Counter()
+    purges = AuditEntry.select(AuditEntry.outcome, AuditEntry.fields).where(
+        window & (AuditEntry.action == Action.PURGE.value)
+    )
+    for entry in purges.iterator():
+        if entry.outcome == "dry_run":
+            dry_runs += 1
+            continue
+        runs += 1
+        deleted.update(json.loads(entry.fields).get("deleted", {}))
+    return {"runs": runs, "dry_runs": dry_runs, "deleted": dict(deleted)}

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from playhouse.shortcuts import model_to_dict
+
 from gateway.audit.chain import GENESIS, body_hash, checkpoint_payload, entry_body
 from gateway.crypto import verify_signature
 from gateway.store.models import AuditCheckpoint, AuditEntry
@@ -39,13 +41,8 @@ class Broken(Exception):
 
 
 def checkpoint_body(checkpoint: AuditCheckpoint) -> dict[str, Any]:
-    return {
-        "seq": checkpoint.seq,
-        "hash": checkpoint.hash,
-        "at": checkpoint.at,
-        "key_id": checkpoint.key_id,
-        "signature": checkpoint.signature,
-    }
+    body: dict[str, Any] = model_to_dict(checkpoint, exclude=[AuditCheckpoint.id])
+    return body
 
 
 class ChainVerifier:
@@ -139,8 +136,15 @@ def stored_records() -> Iterator[tuple[str, dict[str, Any]]]:
 def verify_stored(public_keys: Mapping[str, str]) -> Verification:
     """Verify the whole chain held in the database."""
     verifier = ChainVerifier(public_keys)
-    for kind, record in stored_records():
-        verifier.feed(kind, record)
-        if verifier.broken is not None:
-            break
+    try:
+        for kind, record in stored_records():
+            verifier.feed(kind, record)
+            if verifier.broken is not None:
+                break
+    except (ValueError, TypeError) as exc:
+        # A column edited into a value its type cannot hold (text in an integer): the row
+        # cannot be placed in the chain, so no seq can be named for it.
+        return Verification(
+            False, verifier.entries, None, f"unreadable row: {exc}", verifier.checkpoints
+        )
     return verifier.finish()

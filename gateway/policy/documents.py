@@ -122,6 +122,7 @@ class PurposeSchema(StrictSchema):
     categories = _names(required=True, validate=validate.Length(min=1))
     honor_gpc = fields.Boolean(load_default=False)
     consent_max_age = DurationField(load_default=None)
+    consent_history_retention = DurationField(load_default=None)
     fallback = fields.Enum(Fallback, by_value=True, load_default=Fallback.POPULAR)
     scoring = fields.Nested(ScoringSchema, load_default=None)
 

@@ -98,6 +98,8 @@ class Purpose:
     categories: tuple[str, ...]
     honor_gpc: bool = False
     consent_max_age: Duration | None = None
+    # how long a consent record is kept after it stops counting (None: purged at once)
+    consent_history_retention: Duration | None = None
     fallback: Fallback = Fallback.POPULAR
     scoring: ScoringRules = field(default_factory=ScoringRules)
 

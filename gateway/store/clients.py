@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from datetime import datetime
 from enum import StrEnum
@@ -15,6 +16,7 @@ from enum import StrEnum
 from gateway.store.models import ApiClient
 
 KEY_PREFIX = "gwk_"
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class Role(StrEnum):
@@ -40,6 +42,8 @@ def create_client(
     name: str, role: Role, purposes: list[str], now: datetime
 ) -> tuple[ApiClient, str]:
     """Create a client and return it with its key; the key itself is never stored."""
+    if not CLIENT_NAME.match(name):
+        raise ClientError("a client name is 1 to 64 letters, digits, '.', '_' or '-'")
     if ApiClient.get_or_none(ApiClient.name == name) is not None:
         raise ClientError(f"a client named {name!r} already exists")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -62,14 +66,16 @@ def authenticate(key: str) -> ApiClient | None:
     return client
 
 
-def revoke_client(name: str, now: datetime) -> ApiClient:
+def revoke_client(name: str, now: datetime) -> bool:
+    """Revoke a client's key; False if it was revoked already."""
     client = ApiClient.get_or_none(ApiClient.name == name)
     if client is None:
         raise ClientError(f"no client named {name!r}")
-    if client.revoked_at is None:
-        client.revoked_at = now
-        client.save()
-    return client
+    if client.revoked_at is not None:
+        return False
+    client.revoked_at = now
+    client.save()
+    return True
 
 
 def list_clients() -> list[ApiClient]:

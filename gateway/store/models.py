@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from peewee import (
+    AutoField,
     BooleanField,
     CharField,
     DateTimeField,
@@ -49,8 +50,7 @@ class ApiClient(BaseModel):
 
 
 class Subject(BaseModel):
-    pseudonym = CharField(unique=True)
-    wrapped_key = TextField()
+    pseudonym = CharField(unique=True)  # the data key lives in the keystore under this name
     created_at = UTCDateTimeField()
 
 
@@ -127,11 +127,31 @@ class AuditEntry(BaseModel):
 class AuditCheckpoint(BaseModel):
     """An Ed25519 signature over (seq, hash, at, key_id) of one audit entry."""
 
+    id = AutoField()
     seq = IntegerField(unique=True)
     hash = CharField()
     at = CharField()
     key_id = CharField()
     signature = TextField()
+
+
+class Lease(BaseModel):
+    """A named, expiring database lock: only its holder may run the guarded job."""
+
+    name = CharField(primary_key=True)
+    holder = CharField()
+    expires_at = UTCDateTimeField()
+
+
+class PurgeRun(BaseModel):
+    id = AutoField()
+    started_at = UTCDateTimeField()
+    finished_at = UTCDateTimeField(null=True)
+    status = CharField()  # running, finished, failed, interrupted
+    dry_run = BooleanField()
+    holder = CharField()
+    policy_hash = CharField()
+    report = TextField(default="[]")  # JSON list of per-category results
 
 
 TABLES: list[type[Model]] = [
@@ -142,9 +162,14 @@ TABLES: list[type[Model]] = [
     Event,
     AuditEntry,
     AuditCheckpoint,
+    Lease,
+    PurgeRun,
 ]
 
 
 def create_tables() -> None:
+    from gateway.store.keystore import create_keystore_tables
+
     with database.atomic():
         database.create_tables(TABLES, safe=True)
+    create_keystore_tables()

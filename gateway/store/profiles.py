@@ -9,11 +9,12 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from gateway.crypto import Keyring, decrypt_field, encrypt_field
 from gateway.policy.engine import Holding, HoldingKind, ReadPlan
 from gateway.scoring import Profile, ProfileEvent, Scalar
-from gateway.store.models import Attribute, Event, Subject
+from gateway.store.models import Attribute, ConsentRecord, Event, Subject
 from gateway.store.subjects import data_key
 
 
@@ -92,6 +93,19 @@ def add_events(
         Event.insert_many(rows).execute()
 
 
+class Unsealer:
+    """Decrypts a subject's sealed values, unwrapping its data key only if one is needed."""
+
+    def __init__(self, subject: Subject, keyring: Keyring) -> None:
+        self.subject, self.keyring, self.key = subject, keyring, b""
+
+    def __call__(self, text: str, sealed: bool, context: str) -> str:
+        if not sealed:
+            return text
+        self.key = self.key or data_key(self.keyring, self.subject)
+        return decrypt_field(self.key, text, context)
+
+
 def holdings(subject: Subject | None) -> list[Holding]:
     """Metadata of everything held about a subject: names, types and times, no values."""
     if subject is None:
@@ -109,15 +123,7 @@ def read_profile(subject: Subject | None, plan: ReadPlan, keyring: Keyring) -> P
     """Read exactly what `plan` allows, decrypting sealed values."""
     if subject is None or (not plan.attributes and not plan.events):
         return Profile()
-    key: bytes | None = None
-
-    def unseal(text: str, sealed: bool, context: str) -> str:
-        nonlocal key
-        if not sealed:
-            return text
-        key = key or data_key(keyring, subject)
-        return decrypt_field(key, text, context)
-
+    unseal = Unsealer(subject, keyring)
     attributes: dict[str, Scalar] = {}
     for database, name in plan.attributes:
         row = Attribute.get_or_none(
@@ -148,3 +154,46 @@ def read_profile(subject: Subject | None, plan: ReadPlan, keyring: Keyring) -> P
             for row in rows.order_by(Event.at)
         ]
     return Profile(attributes, tuple(events))
+
+
+def everything(
+    subject: Subject, keyring: Keyring
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every attribute and event held about a subject, decrypted (for an access request)."""
+    unseal = Unsealer(subject, keyring)
+    attributes = [
+        {
+            "database": row.database,
+            "name": row.name,
+            "value": json.loads(
+                unseal(row.value, row.sealed, _attribute_context(row.database, row.name))
+            ),
+            "updated_at": row.updated_at,
+        }
+        for row in Attribute.select().where(Attribute.subject == subject).order_by(Attribute.name)
+    ]
+    events = []
+    for row in Event.select().where(Event.subject == subject).order_by(Event.at, Event.received_at):
+        context = _event_context(row.database, row.type)
+        events.append(
+            {
+                "database": row.database,
+                "type": row.type,
+                "item_id": unseal(row.item_id, row.sealed, context),
+                "category": unseal(row.item_category, row.sealed, context),
+                "at": row.at,
+                "received_at": row.received_at,
+            }
+        )
+    return attributes, events
+
+
+def erase(subject: Subject) -> dict[str, int]:
+    """Delete a subject's attributes, events, consent records and row (call in a write)."""
+    counts = {
+        "attributes": Attribute.delete().where(Attribute.subject == subject).execute(),
+        "events": Event.delete().where(Event.subject == subject).execute(),
+        "consents": ConsentRecord.delete().where(ConsentRecord.subject == subject).execute(),
+    }
+    subject.delete_instance()
+    return counts

@@ -1,10 +1,11 @@
-"""Subjects: a pseudonym and a wrapped data key, created on first write."""
+"""Subjects: a pseudonym in the main database, a data key in the keystore."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from gateway.crypto import Keyring
+from gateway.crypto import Keyring, KeyringError
+from gateway.store.keystore import destroy_key, put_key, wrapped_key
 from gateway.store.models import Subject
 
 
@@ -17,9 +18,19 @@ def ensure_subject(keyring: Keyring, pseudonym: str, now: datetime) -> Subject:
     subject = find_subject(pseudonym)
     if subject is None:
         _, wrapped = keyring.new_data_key()
-        subject = Subject.create(pseudonym=pseudonym, wrapped_key=wrapped, created_at=now)
+        # The key is stored first: a rolled-back subject leaves a harmless unused key behind.
+        put_key(pseudonym, wrapped, now)
+        subject = Subject.create(pseudonym=pseudonym, created_at=now)
     return subject
 
 
 def data_key(keyring: Keyring, subject: Subject) -> bytes:
-    return keyring.unwrap_key(subject.wrapped_key)
+    wrapped = wrapped_key(subject.pseudonym)
+    if wrapped is None:
+        raise KeyringError("the subject's data key was destroyed")
+    return keyring.unwrap_key(wrapped)
+
+
+def shred_key(pseudonym: str) -> bool:
+    """Destroy a subject's data key: what was encrypted with it can never be read again."""
+    return destroy_key(pseudonym)

@@ -88,6 +88,10 @@ def sample_bodies() -> dict[tuple[str, str], Any]:
         ("/v1/audit/export", "GET"): None,
         ("/v1/audit/summary", "GET"): None,
         ("/v1/audit/checkpoints", "POST"): None,
+        ("/v1/purges", "GET"): None,
+        ("/v1/purges", "POST"): {"dry_run": True},
+        ("/v1/subjects/<string:subject_id>/export", "GET"): None,
+        ("/v1/subjects/<string:subject_id>", "DELETE"): None,
     }
 
 

@@ -361,7 +361,7 @@ def test_the_candidate_limit_is_enforced(
         ("GET", "/v1/nothing-here"),
         ("POST", "/v1/personalise"),
         ("GET", f"/v1/subjects/{SUBJECT}/consents/recommendations/history"),
-        ("PUT", f"/v1/subjects/{SUBJECT}"),
+        ("PUT", f"/v1/subjects/{SUBJECT}/profile"),
     ],
 )
 def test_an_unknown_route_is_a_404_problem(admin: Caller, method: str, path: str) -> None:

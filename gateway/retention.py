@@ -1,0 +1,187 @@
+"""Retention purges: delete what is past its retention, in bounded batches, one run at a time.
+
+    outcome = purge_expired(policies, now, actor="cli:ops", batch_size=1000, dry_run=False)
+    outcome.run.status, outcome.results      # per category: found, deleted, seconds
+
+Events and attributes go once older than their data category's retention; a consent grant goes
+once past its expiry (its own, or the purpose's consent_max_age) plus the purpose's
+consent_history_retention. Every batch is its own transaction and the cutoffs are fixed when the
+run starts, so a run killed at any point leaves only whole batches of expired rows deleted, and the
+next run finishes the job. A database lease keeps a second purge (another process or host) out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from functools import reduce
+from operator import or_
+from time import perf_counter
+from typing import Any
+
+from peewee import Expression, Model
+from playhouse.shortcuts import model_to_dict
+
+from gateway.audit import audit
+from gateway.audit.chain import Action, AuditRecord
+from gateway.policy.model import PolicySet
+from gateway.store.db import write_transaction
+from gateway.store.leases import acquire, holder_of, new_holder, release, renew
+from gateway.store.models import Attribute, ConsentRecord, Event, PurgeRun
+
+LEASE = "retention-purge"
+
+
+class PurgeBusy(Exception):
+    """Another purge holds the lease."""
+
+    def __init__(self, holder: str | None) -> None:
+        super().__init__(f"another purge is running ({holder})")
+        self.holder = holder
+
+
+class LeaseLost(Exception):
+    """The lease expired under a running purge; it stops before deleting any more."""
+
+
+@dataclass(frozen=True)
+class Target:
+    category: str
+    kind: str  # events, attributes or consents
+    model: type[Model]
+    condition: Expression
+
+
+@dataclass(frozen=True)
+class CategoryResult:
+    category: str
+    kind: str
+    found: int
+    deleted: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PurgeOutcome:
+    run: PurgeRun
+    results: list[CategoryResult]
+
+
+def expired_targets(policies: PolicySet, now: datetime) -> Iterator[Target]:
+    """Each category's (and each purpose's consent records') expired rows, as conditions."""
+    for category in policies.categories.values():
+        cutoff = now - category.retention
+        if category.events:
+            expired = Event.type.in_(category.events) & (Event.at <= cutoff)
+            yield Target(category.id, "events", Event, expired)
+        if category.attributes:
+            stale = Attribute.name.in_(category.attributes) & (Attribute.updated_at <= cutoff)
+            yield Target(category.id, "attributes", Attribute, stale)
+    for purpose in policies.purposes.values():
+        kept_until = now - (purpose.consent_history_retention or timedelta(0))
+        ended = [ConsentRecord.expires_at <= kept_until]
+        if purpose.consent_max_age is not None:
+            ended.append(ConsentRecord.recorded_at <= kept_until - purpose.consent_max_age)
+        expired = (ConsentRecord.purpose == purpose.id) & ConsentRecord.granted & reduce(or_, ended)
+        yield Target(purpose.id, "consents", ConsentRecord, expired)
+
+
+def _purge_target(
+    target: Target, *, batch_size: int, dry_run: bool, keep_lease: Callable[[], None]
+) -> CategoryResult:
+    started = perf_counter()
+    model = target.model
+    key: Any = model._meta.primary_key  # type: ignore[attr-defined]
+    found = model.select().where(target.condition).count()
+    deleted = 0
+    while not dry_run and deleted < found:
+        keep_lease()
+        with write_transaction():
+            batch: Any = model.select(key).where(target.condition).limit(batch_size).tuples()
+            ids = [row[0] for row in batch]
+            if not ids:
+                break
+            deleted += model.delete().where(key.in_(ids)).execute()
+    return CategoryResult(
+        target.category, target.kind, found, deleted, round(perf_counter() - started, 6)
+    )
+
+
+def _start_run(holder: str, policies: PolicySet, dry_run: bool) -> PurgeRun:
+    with write_transaction():
+        # We hold the lease, so any run still marked running was cut off.
+        PurgeRun.update(status="interrupted").where(PurgeRun.status == "running").execute()
+        return PurgeRun.create(
+            # The clock, not `now`: waiting for the lease may have outlasted the previous run.
+            started_at=datetime.now(UTC),
+            status="running",
+            dry_run=dry_run,
+            holder=holder,
+            policy_hash=policies.hash,
+        )
+
+
+def _finish_run(run: PurgeRun, results: list[CategoryResult], actor: str) -> None:
+    finished = datetime.now(UTC)
+    run.status, run.finished_at = "finished", finished
+    run.report = json.dumps([asdict(r) for r in results])
+    record = AuditRecord(
+        actor=actor,
+        action=Action.PURGE,
+        policy_hash=run.policy_hash,
+        outcome="dry_run" if run.dry_run else "finished",
+        fields={
+            "run": run.id,
+            "found": {f"{r.kind}:{r.category}": r.found for r in results if r.found},
+            "deleted": {f"{r.kind}:{r.category}": r.deleted for r in results if r.deleted},
+        },
+    )
+    with write_transaction():
+        run.save()
+        audit(record, finished)
+
+
+def purge_expired(
+    policies: PolicySet,
+    now: datetime,
+    *,
+    actor: str,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    lease_ttl: timedelta = timedelta(minutes=2),
+) -> PurgeOutcome:
+    """Run one purge (or count what it would delete); raise PurgeBusy if another is running."""
+    holder = new_holder()
+    if not acquire(LEASE, holder, ttl=lease_ttl, now=datetime.now(UTC)):
+        raise PurgeBusy(holder_of(LEASE))
+
+    def keep_lease() -> None:
+        if not renew(LEASE, holder, ttl=lease_ttl, now=datetime.now(UTC)):
+            raise LeaseLost("the purge lease expired; stopping")
+
+    run: PurgeRun | None = None
+    try:
+        run = _start_run(holder, policies, dry_run)
+        results = [
+            _purge_target(t, batch_size=batch_size, dry_run=dry_run, keep_lease=keep_lease)
+            for t in expired_targets(policies, now)
+        ]
+        _finish_run(run, results, actor)
+        return PurgeOutcome(run, results)
+    except BaseException:
+        if run is not None:
+            PurgeRun.update(status="failed", finished_at=datetime.now(UTC)).where(
+                PurgeRun.id == run.id
+            ).execute()
+        raise
+    finally:
+        release(LEASE, holder)
+
+
+def run_report(run: PurgeRun) -> dict[str, Any]:
+    """A stored run as plain data (the lease holder is internal)."""
+    report: dict[str, Any] = model_to_dict(run, exclude=[PurgeRun.holder, PurgeRun.report])
+    report["categories"] = json.loads(run.report)
+    return report

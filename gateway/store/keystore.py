@@ -1,0 +1,82 @@
+"""Subject data keys, kept in a database of their own so that erasure destroys them for good.
+
+    bind_keystore("sqlite:///instance/keys.db")
+    put_key(pseudonym, keyring.wrap_key(data_key), now)
+    wrapped_key(pseudonym)        # None once destroyed
+    destroy_key(pseudonym)
+
+A backup of the main database holds PII only as ciphertext and no key for it; once a subject's
+key is destroyed here, no copy of the main database can be read for that subject, even with the
+keyring (crypto-shredding). Back this store up on a short rotation, apart from the main one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Flask
+from peewee import CharField, DatabaseProxy, Model, SqliteDatabase, TextField
+from playhouse.db_url import connect
+
+from gateway.store.db import SQLITE_PRAGMAS
+from gateway.store.models import UTCDateTimeField
+
+keystore = DatabaseProxy()
+
+
+class SubjectKey(Model):
+    pseudonym = CharField(primary_key=True)
+    wrapped_key = TextField()
+    created_at = UTCDateTimeField()
+
+    class Meta:
+        database = keystore
+        table_name = "subject_key"
+
+
+def bind_keystore(url: str) -> None:
+    # secure_delete zeroes a destroyed key's bytes instead of leaving them in free pages
+    pragmas = {**SQLITE_PRAGMAS, "secure_delete": 1}
+    options = {"pragmas": pragmas} if url.startswith("sqlite") else {}
+    keystore.initialize(connect(url, **options))
+
+
+def init_app(app: Flask) -> None:
+    bind_keystore(app.config["KEYSTORE_URL"])
+
+    @app.teardown_request
+    def _close(_exc: BaseException | None) -> None:
+        close_keystore()
+
+
+def create_keystore_tables() -> None:
+    with keystore.connection_context():
+        keystore.create_tables([SubjectKey], safe=True)
+
+
+def put_key(pseudonym: str, wrapped: str, now: datetime) -> str:
+    """Store a subject's wrapped key unless one exists; return the key in force."""
+    with keystore.atomic():
+        existing = SubjectKey.get_or_none(SubjectKey.pseudonym == pseudonym)
+        if existing is not None:
+            return str(existing.wrapped_key)
+        SubjectKey.create(pseudonym=pseudonym, wrapped_key=wrapped, created_at=now)
+    return wrapped
+
+
+def wrapped_key(pseudonym: str) -> str | None:
+    found = SubjectKey.get_or_none(SubjectKey.pseudonym == pseudonym)
+    return None if found is None else str(found.wrapped_key)
+
+
+def destroy_key(pseudonym: str) -> bool:
+    deleted: int = SubjectKey.delete().where(SubjectKey.pseudonym == pseudonym).execute()
+    if isinstance(keystore.obj, SqliteDatabase):
+        # Overwrite freed pages and fold the WAL back, so the key's bytes leave the file too.
+        keystore.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    return deleted > 0
+
+
+def close_keystore() -> None:
+    if keystore.obj is not None and not keystore.is_closed():
+        keystore.close()
