@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -275,12 +276,21 @@ def scheduler_command() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     initialize(app)
-    scheduler = build_scheduler(app)
+    try:
+        scheduler = build_scheduler(app)
+    except ValueError as exc:
+        raise click.ClickException(f"GATEWAY_PURGE_CRON: {exc}") from exc
     click.echo(f"scheduler: purges on '{app.config['PURGE_CRON']}' (UTC)")
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(0)
+
+    # SIGTERM stops scheduling; a purge under way finishes its run (and releases its lease).
+    signal.signal(signal.SIGTERM, stop)
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
-        scheduler.shutdown(wait=False)
+        scheduler.shutdown(wait=True)
 
 
 @click.command("demo")

@@ -19,14 +19,14 @@ from datetime import UTC, datetime, timedelta
 from functools import reduce
 from operator import or_
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
-from peewee import Expression, Model
+from peewee import Expression, Model, fn
 from playhouse.shortcuts import model_to_dict
 
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
-from gateway.policy.model import PolicySet
+from gateway.policy.model import PolicySet, Purpose
 from gateway.store.db import write_transaction
 from gateway.store.leases import acquire, holder_of, new_holder, release, renew
 from gateway.store.models import Attribute, ConsentRecord, Event, PurgeRun
@@ -81,22 +81,40 @@ def expired_targets(policies: PolicySet, now: datetime) -> Iterator[Target]:
             yield Target(category.id, "attributes", Attribute, stale)
     for purpose in policies.purposes.values():
         kept_until = now - (purpose.consent_history_retention or timedelta(0))
-        ended = [ConsentRecord.expires_at <= kept_until]
-        if purpose.consent_max_age is not None:
-            ended.append(ConsentRecord.recorded_at <= kept_until - purpose.consent_max_age)
-        expired = (ConsentRecord.purpose == purpose.id) & ConsentRecord.granted & reduce(or_, ended)
+        newer, this = ConsentRecord.alias(), cast(Any, ConsentRecord)
+        later = (newer.recorded_at > this.recorded_at) | (
+            (newer.recorded_at == this.recorded_at) & (newer.id > this.id)
+        )
+        # An older grant goes with a newer one that ended: left behind, it would count again.
+        ended_later = (newer.subject == this.subject) & later & _ended(newer, purpose, kept_until)
+        superseded = fn.EXISTS(newer.select(newer.id).where(ended_later))
+        mine = (ConsentRecord.purpose == purpose.id) & ConsentRecord.granted
+        expired = _ended(ConsentRecord, purpose, kept_until) | (mine & superseded)
         yield Target(purpose.id, "consents", ConsentRecord, expired)
 
 
+def _ended(record: Any, purpose: Purpose, kept_until: datetime) -> Expression:
+    """Grants for `purpose` past their expiry (their own or consent_max_age) by `kept_until`."""
+    ended = [record.expires_at <= kept_until]
+    if purpose.consent_max_age is not None:
+        ended.append(record.recorded_at <= kept_until - purpose.consent_max_age)
+    return (record.purpose == purpose.id) & record.granted & reduce(or_, ended)
+
+
 def _purge_target(
-    target: Target, *, batch_size: int, dry_run: bool, keep_lease: Callable[[], None]
+    target: Target,
+    *,
+    run: PurgeRun,
+    progress: dict[str, int],
+    batch_size: int,
+    keep_lease: Callable[[], None],
 ) -> CategoryResult:
     started = perf_counter()
     model = target.model
     key: Any = model._meta.primary_key  # type: ignore[attr-defined]
     found = model.select().where(target.condition).count()
-    deleted = 0
-    while not dry_run and deleted < found:
+    deleted, name = 0, f"{target.kind}:{target.category}"
+    while not run.dry_run and deleted < found:
         keep_lease()
         with write_transaction():
             batch: Any = model.select(key).where(target.condition).limit(batch_size).tuples()
@@ -104,15 +122,32 @@ def _purge_target(
             if not ids:
                 break
             deleted += model.delete().where(key.in_(ids)).execute()
+            # In the batch's transaction, so a killed run's record says what it deleted.
+            progress[name] = deleted
+            PurgeRun.update(progress=json.dumps(progress)).where(PurgeRun.id == run.id).execute()
     return CategoryResult(
         target.category, target.kind, found, deleted, round(perf_counter() - started, 6)
     )
 
 
-def _start_run(holder: str, policies: PolicySet, dry_run: bool) -> PurgeRun:
+def _close_interrupted(actor: str, now: datetime) -> None:
+    """We hold the lease, so a run still marked running was cut off: record what it did."""
+    for run in PurgeRun.select().where(PurgeRun.status == "running"):
+        run.status = "interrupted"
+        record = AuditRecord(
+            actor=actor,
+            action=Action.PURGE,
+            policy_hash=run.policy_hash,
+            outcome="interrupted",
+            fields={"run": run.id, "deleted": json.loads(run.progress)},
+        )
+        run.save()
+        audit(record, now)
+
+
+def _start_run(holder: str, policies: PolicySet, dry_run: bool, actor: str) -> PurgeRun:
     with write_transaction():
-        # We hold the lease, so any run still marked running was cut off.
-        PurgeRun.update(status="interrupted").where(PurgeRun.status == "running").execute()
+        _close_interrupted(actor, datetime.now(UTC))
         return PurgeRun.create(
             # The clock, not `now`: waiting for the lease may have outlasted the previous run.
             started_at=datetime.now(UTC),
@@ -163,9 +198,12 @@ def purge_expired(
 
     run: PurgeRun | None = None
     try:
-        run = _start_run(holder, policies, dry_run)
+        run = _start_run(holder, policies, dry_run, actor)
+        progress: dict[str, int] = {}
         results = [
-            _purge_target(t, batch_size=batch_size, dry_run=dry_run, keep_lease=keep_lease)
+            _purge_target(
+                t, run=run, progress=progress, batch_size=batch_size, keep_lease=keep_lease
+            )
             for t in expired_targets(policies, now)
         ]
         _finish_run(run, results, actor)
@@ -182,6 +220,8 @@ def purge_expired(
 
 def run_report(run: PurgeRun) -> dict[str, Any]:
     """A stored run as plain data (the lease holder is internal)."""
-    report: dict[str, Any] = model_to_dict(run, exclude=[PurgeRun.holder, PurgeRun.report])
+    report: dict[str, Any] = model_to_dict(
+        run, exclude=[PurgeRun.holder, PurgeRun.report, PurgeRun.progress]
+    )
     report["categories"] = json.loads(run.report)
     return report

@@ -14,7 +14,7 @@ from gateway import policies
 from gateway.api.auth import roles
 from gateway.api.strict import StrictBoolean, StrictSchema
 from gateway.errors import GatewayError
-from gateway.retention import PurgeBusy, purge_expired, run_report
+from gateway.retention import LeaseLost, PurgeBusy, purge_expired, run_report
 from gateway.store.clients import Role
 from gateway.store.models import PurgeRun
 
@@ -70,6 +70,9 @@ class Purges(MethodView):
             )
         except PurgeBusy as busy:
             raise GatewayError(409, "purge_running", "Another purge is running.") from busy
+        except LeaseLost as lost:
+            message = "The purge lost its lease and stopped; the next run finishes the job."
+            raise GatewayError(503, "purge_interrupted", message) from lost
         return run_report(outcome.run)
 
     @roles(Role.AUDITOR, Role.ADMIN)

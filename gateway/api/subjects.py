@@ -18,6 +18,7 @@ from gateway.audit.chain import Action, AuditRecord, entry_body
 from gateway.store.clients import Role
 from gateway.store.consents import consent_records, receipt
 from gateway.store.db import write_transaction
+from gateway.store.keystore import wrapped_key
 from gateway.store.models import AuditEntry
 from gateway.store.profiles import erase, everything
 from gateway.store.subjects import find_subject, shred_key
@@ -85,13 +86,15 @@ class SubjectData(MethodView):
         """Erase a subject: data deleted, data key destroyed; audit entries stay pseudonymous."""
         check_subject_id(subject_id)
         now, pseudonym = datetime.now(UTC), keyring().pseudonym(subject_id)
-        # The key goes first: from here on no copy of this subject's PII can be read anywhere.
-        destroyed = shred_key(pseudonym)
         with write_transaction():
             subject = find_subject(pseudonym)
             deleted = erase(subject) if subject else {"attributes": 0, "events": 0, "consents": 0}
+            destroyed = wrapped_key(pseudonym) is not None
             details = {"deleted": deleted, "key_destroyed": destroyed}
             audit(_record(Action.SUBJECT_ERASE, pseudonym, "erased", **details), now)
+            # Last, once the audit entry is written: if the key cannot be destroyed the whole
+            # erasure rolls back, and if the audit failed the key is still there.
+            shred_key(pseudonym)
         return {
             "subject_id": subject_id,
             "erased": True,

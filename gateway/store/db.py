@@ -21,6 +21,8 @@ SQLITE_PRAGMAS = {
     "foreign_keys": 1,
     "busy_timeout": 10_000,
     "synchronous": "normal",
+    # deleted rows (purges, erasures) are zeroed on disk, not left readable in free pages
+    "secure_delete": 1,
 }
 
 

@@ -35,9 +35,7 @@ class SubjectKey(Model):
 
 
 def bind_keystore(url: str) -> None:
-    # secure_delete zeroes a destroyed key's bytes instead of leaving them in free pages
-    pragmas = {**SQLITE_PRAGMAS, "secure_delete": 1}
-    options = {"pragmas": pragmas} if url.startswith("sqlite") else {}
+    options = {"pragmas": SQLITE_PRAGMAS} if url.startswith("sqlite") else {}
     keystore.initialize(connect(url, **options))
 
 

@@ -152,6 +152,8 @@ class PurgeRun(BaseModel):
     holder = CharField()
     policy_hash = CharField()
     report = TextField(default="[]")  # JSON list of per-category results
+    # rows deleted so far by "kind:category", written in each batch's own transaction
+    progress = TextField(default="{}")
 
 
 TABLES: list[type[Model]] = [

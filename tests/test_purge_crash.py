@@ -1,0 +1,256 @@
+"""Crash safety: `gateway purge` killed with SIGKILL mid-way loses nothing it should keep.
+
+A real instance on disk holds tens of thousands of expired browsing events among fresh events and
+attributes. The purge runs as a real `gateway purge` process in batches of 500; once the event
+count shows at least one committed batch, the process is killed. The file must then be intact,
+hold every fresh row, have lost only whole batches of expired rows, and keep a verifiable audit
+chain; the next `gateway purge` takes the dead process's lease over at once and finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from gateway import keyring
+from gateway.audit.chain import entry_body
+from gateway.store.db import database, write_transaction
+from gateway.store.models import AuditEntry, Event, Lease, PurgeRun, Subject
+from gateway.store.profiles import put_attributes
+from gateway.store.subjects import ensure_subject
+from tests.conftest import verify_audit
+
+EXPIRED = 60_000  # browsing events 200 days old (retention P90D)
+FRESH = 2_000  # events within their retention, browsing ones among them
+SUBJECTS = 100
+BATCH = 500
+BROWSING = ("view", "click", "add_to_cart")
+FRESH_KINDS = (  # event type, age
+    ("view", timedelta(days=1)),
+    ("click", timedelta(days=89)),
+    ("purchase", timedelta(days=300)),
+    ("store_visit", timedelta(days=2)),
+)
+GATEWAY = Path(sys.executable).parent / "gateway"
+DEADLINE = 60.0  # seconds for any one wait on the purge process
+
+Row = tuple[Any, ...]
+
+
+def seed(app: Flask) -> None:
+    """Subjects with fresh attributes, and expired and fresh events shuffled together."""
+    now = datetime.now(UTC)
+    rng = random.Random(4)
+    with app.app_context(), database.connection_context(), write_transaction():
+        ring = keyring()
+        subjects = [
+            ensure_subject(ring, ring.pseudonym(f"subject-{i}"), now) for i in range(SUBJECTS)
+        ]
+        for i, subject in enumerate(subjects):
+            values = {"favorite_brand": ("Acme", False), "email": (f"s{i}@example.com", True)}
+            put_attributes(subject, "crm", values, ring, now)
+        rows = [
+            event(rng.choice(subjects), rng.choice(BROWSING), f"expired-{i}", now - timedelta(200))
+            for i in range(EXPIRED)
+        ]
+        for i in range(FRESH):
+            kind, age = FRESH_KINDS[i % len(FRESH_KINDS)]
+            rows.append(event(rng.choice(subjects), kind, f"fresh-{i}", now - age))
+        rng.shuffle(rows)
+        insert_events(rows)
+
+
+EVENT_FIELDS: list[Any] = [
+    Event.subject,
+    Event.database,
+    Event.type,
+    Event.item_id,
+    Event.item_category,
+    Event.sealed,
+    Event.at,
+    Event.received_at,
+]
+
+
+def insert_events(rows: list[Row]) -> None:
+    """Insert on peewee's own connection, each value as the model stores it (its SQL builder
+    takes seconds over this many rows)."""
+    columns = ", ".join(f'"{field.column_name}"' for field in EVENT_FIELDS)
+    marks = ", ".join("?" for _ in EVENT_FIELDS)
+    values = [tuple(f.db_value(v) for f, v in zip(EVENT_FIELDS, row, strict=True)) for row in rows]
+    database.connection().executemany(f'INSERT INTO "event" ({columns}) VALUES ({marks})', values)
+
+
+def event(subject: Subject, kind: str, item_id: str, at: datetime) -> Row:
+    database_id = "mobile_location" if kind == "store_visit" else "shop_events"
+    return (subject.get_id(), database_id, kind, item_id, "shoes", False, at, at)
+
+
+@contextmanager
+def sqlite(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection to the file, apart from the app's own."""
+    with closing(sqlite3.connect(path, timeout=30)) as connection:
+        yield connection
+
+
+def count(path: Path, sql: str) -> int:
+    with sqlite(path) as connection:
+        return int(connection.execute(sql).fetchone()[0])
+
+
+def expired_left(path: Path) -> int:
+    return count(path, "SELECT count(*) FROM event WHERE item_id LIKE 'expired-%'")
+
+
+def kept_rows(path: Path) -> dict[str, list[Row]]:
+    """Every row that no purge may touch, in full."""
+    queries = {
+        "events": "SELECT * FROM event WHERE item_id LIKE 'fresh-%' ORDER BY id",
+        "attributes": "SELECT * FROM attribute ORDER BY id",
+        "subjects": "SELECT * FROM subject ORDER BY id",
+    }
+    with sqlite(path) as connection:
+        return {name: connection.execute(sql).fetchall() for name, sql in queries.items()}
+
+
+def integrity(path: Path) -> list[Row]:
+    with sqlite(path) as connection:
+        return connection.execute("PRAGMA integrity_check").fetchall()
+
+
+def environment(app: Flask) -> dict[str, str]:
+    """Settings for `gateway purge`: the app's files, batches of 500, a long lease."""
+    return {
+        **os.environ,
+        "GATEWAY_HOME": app.config["HOME"],
+        "GATEWAY_POLICIES": app.config["POLICIES"],
+        "GATEWAY_REGISTRY": app.config["REGISTRY"],
+        "GATEWAY_PURGE_BATCH_SIZE": str(BATCH),
+        # Only the dead-holder check can free the killed run's lease within this test.
+        "GATEWAY_PURGE_LEASE_SECONDS": "3600",
+    }
+
+
+def kill_mid_way(app: Flask, path: Path, at_least: int) -> subprocess.Popen[bytes]:
+    """Start `gateway purge`; SIGKILL it once `at_least` expired rows are gone."""
+    process = subprocess.Popen(
+        [str(GATEWAY), "purge"],
+        env=environment(app),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + DEADLINE
+    try:
+        with sqlite(path) as connection:
+            while True:
+                (left,) = connection.execute("SELECT count(*) FROM event").fetchone()
+                if EXPIRED + FRESH - left >= at_least:
+                    break
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "the purge deleted nothing in time"
+                time.sleep(0.001)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=DEADLINE)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=DEADLINE)
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
+    return process
+
+
+def runs(app: Flask) -> list[PurgeRun]:
+    with app.app_context(), database.connection_context():
+        return list(PurgeRun.select().order_by(PurgeRun.id))
+
+
+def leases(app: Flask) -> list[tuple[str, str]]:
+    with app.app_context(), database.connection_context():
+        return [(lease.name, lease.holder) for lease in Lease.select()]
+
+
+def audit_entries(app: Flask) -> list[dict[str, Any]]:
+    with app.app_context(), database.connection_context():
+        return [entry_body(e) for e in AuditEntry.select().order_by(AuditEntry.seq)]
+
+
+@pytest.mark.parametrize("kill_after", [BATCH, EXPIRED // 2], ids=["first_batch", "half_way"])
+def test_a_purge_killed_mid_way_keeps_the_database_consistent_and_the_next_run_finishes(
+    make_app: Any, kill_after: int
+) -> None:
+    app = make_app()
+    path = Path(app.config["HOME"]) / "gateway.db"
+    seed(app)
+    kept = kept_rows(path)
+    assert [len(kept[name]) for name in ("events", "attributes")] == [FRESH, 2 * SUBJECTS]
+    chain_before = audit_entries(app)
+
+    killed = kill_mid_way(app, path, at_least=kill_after)
+
+    assert killed.returncode == -signal.SIGKILL
+    assert integrity(path) == [("ok",)]
+    assert kept_rows(path) == kept
+    deleted = EXPIRED - expired_left(path)
+    assert kill_after <= deleted < EXPIRED, "the purge finished before it was killed"
+    assert deleted % BATCH == 0
+    assert verify_audit(app).ok
+    assert audit_entries(app) == chain_before
+    (cut_off,) = runs(app)
+    holder = f"{socket.gethostname()}:{killed.pid}:"
+    assert (cut_off.status, cut_off.holder.startswith(holder)) == ("running", True)
+    assert leases(app) == [("retention-purge", cut_off.holder)]
+
+    rerun = subprocess.run(
+        [str(GATEWAY), "purge"],
+        env=environment(app),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+
+    assert rerun.returncode == 0, rerun.stderr
+    left = EXPIRED - deleted
+    assert rerun.stdout.splitlines()[-1] == f"total deleted: {left}", rerun.stdout
+    assert expired_left(path) == 0
+    assert kept_rows(path) == kept
+    assert integrity(path) == [("ok",)]
+    assert [(run.id, run.status) for run in runs(app)] == [
+        (cut_off.id, "interrupted"),
+        (cut_off.id + 1, "finished"),
+    ]
+    report = {(r["kind"], r["category"]): r for r in json.loads(runs(app)[1].report)}
+    assert (report["events", "browsing"]["found"], report["events", "browsing"]["deleted"]) == (
+        left,
+        left,
+    )
+    assert sum(r["deleted"] for r in report.values()) == left
+    assert leases(app) == []
+    entries = audit_entries(app)
+    assert entries[: len(chain_before)] == chain_before
+    interrupted, entry = entries[len(chain_before) :]
+    # the killed run's own batches recorded their progress, so its deletions are audited too
+    assert (interrupted["action"], interrupted["outcome"]) == ("purge", "interrupted")
+    assert interrupted["fields"] == {"run": cut_off.id, "deleted": {"events:browsing": deleted}}
+    assert (entry["action"], entry["outcome"]) == ("purge", "finished")
+    assert (entry["fields"]["run"], entry["fields"]["deleted"]) == (
+        cut_off.id + 1,
+        {"events:browsing": left},
+    )
+    assert verify_audit(app).ok
