@@ -26,6 +26,7 @@ from playhouse.shortcuts import model_to_dict
 
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
+from gateway.observability import PURGED_ROWS
 from gateway.policy.model import PolicySet, Purpose
 from gateway.store.db import write_transaction
 from gateway.store.leases import acquire, holder_of, new_holder, release, renew
@@ -207,6 +208,8 @@ def purge_expired(
             for t in expired_targets(policies, now)
         ]
         _finish_run(run, results, actor)
+        for result in results:
+            PURGED_ROWS.labels(result.kind, result.category).inc(result.deleted)
         return PurgeOutcome(run, results)
     except BaseException:
         if run is not None:

@@ -16,6 +16,7 @@ from gateway.api.auth import caller, roles
 from gateway.api.strict import Scalar, StrictBoolean, StrictFloat, StrictSchema, SubjectIdField
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
+from gateway.observability import DECISIONS
 from gateway.policy.engine import Decision, decide
 from gateway.policy.model import Outcome
 from gateway.store.clients import Role
@@ -173,4 +174,5 @@ class Personalize(MethodView):
         decision_id = str(uuid.uuid4())
         with write_transaction():
             audit(_audit_record(decision, decision_id, pseudonym), now)
+        DECISIONS.labels(decision.purpose, decision.outcome.value).inc()
         return _response(decision, decision_id, ranking, explain)

@@ -13,6 +13,7 @@ from datetime import datetime
 from flask import current_app
 
 from gateway.audit.chain import AuditRecord, append
+from gateway.observability import AUDIT_APPEND_SECONDS
 from gateway.store.models import AuditEntry
 
 
@@ -21,4 +22,5 @@ def audit(record: AuditRecord, now: datetime) -> AuditEntry:
     from gateway import keyring
 
     every = int(current_app.config["AUDIT_CHECKPOINT_EVERY"])
-    return append(record, now, keyring=keyring(), checkpoint_every=every)
+    with AUDIT_APPEND_SECONDS.time():
+        return append(record, now, keyring=keyring(), checkpoint_every=every)
