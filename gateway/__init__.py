@@ -19,7 +19,7 @@ from gateway.policy.model import PolicySet
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: configuration, validated documents, database binding, API, CLI."""
-    from gateway import api, cli, errors, observability
+    from gateway import api, cli, errors, limits, observability
     from gateway.store import db, keystore
 
     app = Flask(__name__)
@@ -33,6 +33,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     observability.init_app(app)
     api.init_app(app)
+    limits.init_app(app)
     cli.init_app(app)
     return app
 

@@ -23,6 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_EVENTS": 1000,
     "MAX_ATTRIBUTES": 100,
     "AUDIT_CHECKPOINT_EVERY": 100,  # sign the chain head every N entries
+    # Flask-Limiter reads these names (GATEWAY_RATELIMIT_DEFAULT in the environment)
+    "RATELIMIT_DEFAULT": "1200 per minute",
+    "RATELIMIT_STORAGE_URI": "memory://",
+    "RATELIMIT_HEADERS_ENABLED": True,
     "PURGE_CRON": "0 3 * * *",  # UTC; six fields put seconds first
     "PURGE_BATCH_SIZE": 1000,  # rows per delete transaction
     "PURGE_LEASE_SECONDS": 120,
