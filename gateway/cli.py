@@ -28,7 +28,8 @@ from gateway.policy.documents import PolicyError, load_policy_set
 from gateway.store.clients import ClientError, Role, client_purposes, create_client, list_clients
 from gateway.store.clients import revoke_client as revoke
 from gateway.store.db import database, write_transaction
-from gateway.store.models import AuditEntry, create_tables
+from gateway.store.migrations import upgrade
+from gateway.store.models import AuditEntry
 
 
 def _create_app() -> Flask:
@@ -64,11 +65,14 @@ def initialize(app: Flask) -> Keyring:
     if not path.exists():
         Keyring.generate().save(path)
         click.echo(f"created keyring {path}")
-    with database.connection_context():
-        create_tables()
     from gateway import keyring
 
-    return keyring()
+    ring = keyring()
+    with database.connection_context():
+        before, after = upgrade(ring)
+    if before != after:
+        click.echo(f"schema version {before} -> {after}")
+    return ring
 
 
 def record_policy_load(app: Flask) -> None:

@@ -10,7 +10,8 @@ from marshmallow import fields
 
 from gateway import keyring
 from gateway.api.strict import StrictSchema
-from gateway.store.db import database
+from gateway.errors import GatewayError
+from gateway.store.migrations import LATEST, current_version
 
 blp = Blueprint("health", __name__, description="Health")
 
@@ -34,6 +35,7 @@ class Ready(MethodView):
     @blp.response(200, StatusSchema)
     def get(self) -> dict[str, Any]:
         """The database answers and the keyring is readable."""
-        database.execute_sql("SELECT 1")
+        if current_version() != LATEST:
+            raise GatewayError(503, "schema_outdated", "The schema needs `gateway init`.")
         keyring()
         return {"status": "ready"}

@@ -65,7 +65,8 @@ class ConsentRecord(BaseModel):
     expires_at = UTCDateTimeField(null=True)
     client = CharField()
     policy_hash = CharField()
-    key_id = CharField()  # the signing key of the receipt, so receipts survive key rotation
+    # the signing key of the receipt, so receipts survive key rotation
+    key_id = CharField(default="")
     signature = TextField()
 
     class Meta:
@@ -167,11 +168,3 @@ TABLES: list[type[Model]] = [
     Lease,
     PurgeRun,
 ]
-
-
-def create_tables() -> None:
-    from gateway.store.keystore import create_keystore_tables
-
-    with database.atomic():
-        database.create_tables(TABLES, safe=True)
-    create_keystore_tables()
