@@ -20,8 +20,8 @@ run: install
 	$(BIN)/gateway serve --host $(HOST) --port $(PORT)
 
 lint: install
-	$(BIN)/ruff check gateway tests
-	$(BIN)/ruff format --check gateway tests
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no tests: that is a failure here.
@@ -31,3 +31,6 @@ test: lint
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache
+
+bench: install
+	$(BIN)/python bench/run.py

@@ -70,8 +70,10 @@ def initialize(app: Flask) -> Keyring:
     ring = keyring()
     with database.connection_context():
         before, after = upgrade(ring)
-    if before != after:
-        click.echo(f"schema version {before} -> {after}")
+    if before is None:
+        click.echo(f"created schema version {after}")
+    elif before != after:
+        click.echo(f"upgraded schema version {before} -> {after}")
     return ring
 
 

@@ -49,7 +49,12 @@ def _to_1(migrator: SchemaMigrator, keyring: Keyring) -> None:
     ConsentRecord.update(key_id=keyring.key_id).where(ConsentRecord.key_id == "").execute()
 
 
-STEPS: dict[int, Callable[[SchemaMigrator, Keyring], None]] = {1: _to_1}
+def _to_2(migrator: SchemaMigrator, keyring: Keyring) -> None:
+    """Indexes on (event type, time) and (attribute name, update time), for purges."""
+    database.create_tables(TABLES, safe=True)  # creates the indexes a table lacks
+
+
+STEPS: dict[int, Callable[[SchemaMigrator, Keyring], None]] = {1: _to_1, 2: _to_2}
 LATEST = max(STEPS)
 
 
@@ -62,15 +67,18 @@ def current_version() -> int | None:
     return 0 if "audit_entry" in tables else None
 
 
-def upgrade(keyring: Keyring) -> tuple[int, int]:
-    """Create the latest schema in an empty database, or apply the steps an older one lacks."""
+def upgrade(keyring: Keyring) -> tuple[int | None, int]:
+    """Create the latest schema in an empty database, or apply the steps an older one lacks.
+
+    Returns the version found (None for an empty database) and the version now in force.
+    """
     create_keystore_tables()
     found = current_version()
     if found is None:
         with database.atomic():
             database.create_tables([*TABLES, SchemaVersion])
             SchemaVersion.create(version=LATEST)
-        return 0, LATEST
+        return None, LATEST
     migrator = SchemaMigrator.from_database(database.obj)
     for version in range(found + 1, LATEST + 1):
         with database.atomic():

@@ -82,7 +82,10 @@ class Attribute(BaseModel):
     updated_at = UTCDateTimeField()
 
     class Meta:
-        indexes = ((("subject", "database", "name"), True),)
+        indexes = (
+            (("subject", "database", "name"), True),
+            (("name", "updated_at"), False),  # purges select by name and age
+        )
 
 
 class Event(BaseModel):
@@ -96,7 +99,10 @@ class Event(BaseModel):
     received_at = UTCDateTimeField()
 
     class Meta:
-        indexes = ((("subject", "database", "type", "at"), False),)
+        indexes = (
+            (("subject", "database", "type", "at"), False),
+            (("type", "at"), False),  # purges select by type and age
+        )
 
 
 class AuditEntry(BaseModel):

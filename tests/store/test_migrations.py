@@ -55,7 +55,7 @@ def test_an_unversioned_schema_is_upgraded_by_init(
     result = runner.invoke(args=["init"])
 
     assert result.exit_code == 0, result.output
-    assert f"schema version 0 -> {LATEST}" in result.output
+    assert f"upgraded schema version 0 -> {LATEST}" in result.output
     assert admin.get("/readyz").status_code == 200
     with app.app_context(), database.connection_context():
         assert current_version() == LATEST

@@ -1,0 +1,208 @@
+"""Benchmarks, each figure a ratio against a baseline measured in the same run.
+
+    make bench            # or: .venv/bin/python bench/run.py --entries 20000 --rows 200000
+
+(c) audit verification vs raw SHA-256 over the same canonical bytes (higher is better; 1 = as fast);
+(d) a retention purge vs one raw SQL DELETE of the same rows (lower is better; 1 = as fast), and
+    the worst latency of personalize requests served while the purge runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import platform
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from gateway import create_app, keyring, policies
+from gateway.audit.chain import Action, AuditRecord, append, entry_body
+from gateway.audit.verification import verify_stored
+from gateway.cli import initialize
+from gateway.crypto import canonical_json
+from gateway.retention import purge_expired
+from gateway.store.clients import Role, create_client
+from gateway.store.db import database, write_transaction
+from gateway.store.models import AuditEntry, Event
+from gateway.store.subjects import ensure_subject
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_app(home: Path) -> Any:
+    app = create_app(
+        {
+            "HOME": str(home),
+            "POLICIES": str(ROOT / "policies"),
+            "REGISTRY": str(ROOT / "registry"),
+            "RATELIMIT_ENABLED": False,
+        }
+    )
+    with app.app_context():
+        initialize(app)
+    return app
+
+
+def bench_verify(app: Any, entries: int) -> dict[str, float]:
+    with app.app_context(), database.connection_context(), write_transaction():
+        now = datetime.now(UTC)
+        for n in range(entries):
+            record = AuditRecord(
+                actor="bench",
+                action=Action.DECISION,
+                policy_hash=policies().hash,
+                subject=f"v1:bench:{n:064d}",
+                purpose="recommendations",
+                outcome="allow",
+                reasons=["consent_granted"],
+                fields={"used": ["browsing"], "dropped": []},
+                request_id=f"r{n}",
+                decision_id=f"d{n}",
+            )
+            append(record, now)
+    with app.app_context(), database.connection_context():
+        ring = keyring()
+        started = time.perf_counter()
+        result = verify_stored({ring.key_id: ring.public_key})
+        verify_seconds = time.perf_counter() - started
+        assert result.ok and result.entries == entries
+        payloads = [
+            canonical_json({k: v for k, v in entry_body(e).items() if k != "hash"})
+            for e in AuditEntry.select().order_by(AuditEntry.seq).iterator()
+        ]
+    started = time.perf_counter()
+    for payload in payloads:
+        hashlib.sha256(payload).hexdigest()
+    raw_seconds = time.perf_counter() - started
+    return {
+        "entries": entries,
+        "verify_s": verify_seconds,
+        "raw_s": raw_seconds,
+        "ratio": raw_seconds / verify_seconds,
+    }
+
+
+def seed_expired(app: Any, rows: int) -> None:
+    old = datetime.now(UTC) - timedelta(days=200)
+    with app.app_context(), database.connection_context():
+        with write_transaction():
+            subject = ensure_subject(keyring(), keyring().pseudonym("bench"), datetime.now(UTC))
+        batch = 10_000
+        for start in range(0, rows, batch):
+            with write_transaction():
+                Event.insert_many(
+                    [
+                        {
+                            "subject": subject,
+                            "database": "shop_events",
+                            "type": "view",
+                            "item_id": f"i{n}",
+                            "item_category": "shoes",
+                            "sealed": False,
+                            "at": old,
+                            "received_at": old,
+                        }
+                        for n in range(start, min(rows, start + batch))
+                    ]
+                ).execute()
+
+
+def bench_purge(app: Any, home: Path, rows: int) -> dict[str, float]:
+    seed_expired(app, rows)
+    copy = home.parent / "raw.db"
+    with sqlite3.connect(home / "gateway.db") as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copy(home / "gateway.db", copy)
+    cutoff = (datetime.now(UTC) - timedelta(days=90)).replace(tzinfo=None)
+    with sqlite3.connect(copy) as raw:
+        raw.execute("PRAGMA secure_delete = 1")
+        started = time.perf_counter()
+        raw.execute(
+            "DELETE FROM event WHERE type IN ('view','click','add_to_cart') AND at <= ?",
+            (str(cutoff),),
+        )
+        raw.commit()
+        raw_seconds = time.perf_counter() - started
+
+    with app.app_context(), database.connection_context():
+        _, key = create_client("bench", Role.ADMIN, [], datetime.now(UTC))
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def traffic() -> None:
+        client = app.test_client()
+        body = {
+            "subject_id": "someone",
+            "purpose": "recommendations",
+            "candidates": [{"id": "a", "category": "shoes"}],
+        }
+        while not done.is_set():
+            started = time.perf_counter()
+            response = client.post(
+                "/v1/personalize", json=body, headers={"Authorization": f"Bearer {key}"}
+            )
+            assert response.status_code == 200
+            latencies.append(time.perf_counter() - started)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    with app.app_context(), database.connection_context():
+        started = time.perf_counter()
+        outcome = purge_expired(
+            policies(),
+            datetime.now(UTC),
+            actor="bench",
+            batch_size=int(app.config["PURGE_BATCH_SIZE"]),
+        )
+        purge_seconds = time.perf_counter() - started
+    done.set()
+    thread.join()
+    deleted = sum(r.deleted for r in outcome.results)
+    assert deleted == rows, deleted
+    return {
+        "rows": rows,
+        "purge_s": purge_seconds,
+        "raw_s": raw_seconds,
+        "ratio": purge_seconds / raw_seconds,
+        "requests": len(latencies),
+        "worst_ms": max(latencies) * 1000 if latencies else float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=20_000)
+    parser.add_argument("--rows", type=int, default=200_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        verify = bench_verify(make_app(Path(folder) / "verify"), args.entries)
+        home = Path(folder) / "purge"
+        purge = bench_purge(make_app(home), home, args.rows)
+    print(
+        f"machine: {platform.machine()}, {platform.python_implementation()} "
+        f"{platform.python_version()}, {platform.system()}"
+    )
+    print("| benchmark | measured | baseline | ratio | target |")
+    print("| --- | --- | --- | --- | --- |")
+    print(
+        f"| (c) audit verify, {verify['entries']:,} entries | {verify['verify_s']:.3f} s | "
+        f"raw sha256 {verify['raw_s']:.3f} s | {verify['ratio']:.3f} | >= 0.5 |"
+    )
+    print(
+        f"| (d) purge, {purge['rows']:,} expired rows | {purge['purge_s']:.3f} s | "
+        f"raw DELETE {purge['raw_s']:.3f} s | {purge['ratio']:.2f} | <= 2.0 |"
+    )
+    print(
+        f"| (d) worst request latency during the purge ({purge['requests']} requests) | "
+        f"{purge['worst_ms']:.1f} ms | | | < 50 ms |"
+    )
+
+
+if __name__ == "__main__":
+    main()
