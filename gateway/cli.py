@@ -12,7 +12,7 @@ import getpass
 import os
 import signal
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -242,20 +242,11 @@ def serve_command(host: str, port: int, workers: int) -> None:
 @with_appcontext
 def purge_command(dry_run: bool) -> None:
     """Delete data past its retention, in batches; exit 1 on failure."""
-    from gateway import policies
-    from gateway.retention import PurgeBusy, purge_expired
+    from gateway.retention import PurgeBusy, purge_now
 
-    config = current_app.config
     try:
         with database.connection_context():
-            outcome = purge_expired(
-                policies(),
-                datetime.now(UTC),
-                actor=operator(),
-                batch_size=int(config["PURGE_BATCH_SIZE"]),
-                dry_run=dry_run,
-                lease_ttl=timedelta(seconds=int(config["PURGE_LEASE_SECONDS"])),
-            )
+            outcome = purge_now(actor=operator(), dry_run=dry_run)
     except PurgeBusy as busy:
         click.echo(f"skipped: {busy}")
         return

@@ -21,6 +21,7 @@ from operator import or_
 from time import perf_counter
 from typing import Any, cast
 
+from flask import current_app
 from peewee import Expression, Model, fn
 from playhouse.shortcuts import model_to_dict
 
@@ -228,3 +229,18 @@ def run_report(run: PurgeRun) -> dict[str, Any]:
     )
     report["categories"] = json.loads(run.report)
     return report
+
+
+def purge_now(*, actor: str, dry_run: bool = False) -> PurgeOutcome:
+    """One purge with the running app's policies and GATEWAY_PURGE_* settings."""
+    from gateway import policies
+
+    config = current_app.config
+    return purge_expired(
+        policies(),
+        datetime.now(UTC),
+        actor=actor,
+        batch_size=int(config["PURGE_BATCH_SIZE"]),
+        dry_run=dry_run,
+        lease_ttl=timedelta(seconds=int(config["PURGE_LEASE_SECONDS"])),
+    )

@@ -10,14 +10,14 @@ a second run out, so starting two schedulers does no harm.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC
 from typing import Any
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from flask import Flask
 
-from gateway.retention import PurgeBusy, purge_expired
+from gateway.retention import PurgeBusy, purge_now
 from gateway.store.db import database
 
 log = logging.getLogger("gateway.scheduler")
@@ -40,17 +40,9 @@ def cron_trigger(expression: str) -> CronTrigger:
 
 def scheduled_purge(app: Flask) -> dict[str, Any]:
     """One scheduled run, with its own app context and database connection."""
-    from gateway import policies
-
     with app.app_context(), database.connection_context():
         try:
-            outcome = purge_expired(
-                policies(),
-                datetime.now(UTC),
-                actor="scheduler",
-                batch_size=int(app.config["PURGE_BATCH_SIZE"]),
-                lease_ttl=timedelta(seconds=int(app.config["PURGE_LEASE_SECONDS"])),
-            )
+            outcome = purge_now(actor="scheduler")
         except PurgeBusy as busy:
             log.info("purge skipped: %s", busy)
             return {"status": "skipped"}

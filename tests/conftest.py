@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sqlite3
+import sys
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -152,3 +156,31 @@ def verify_audit(app: Flask) -> Verification:
     with app.app_context(), database.connection_context():
         ring = keyring()
         return verify_stored({ring.key_id: ring.public_key})
+
+
+# The `gateway` console script of this environment, for tests that run it as a real process.
+GATEWAY = Path(sys.executable).parent / "gateway"
+
+
+def gateway_environment(app: Flask, **settings: str) -> dict[str, str]:
+    """The environment of a `gateway` process on the app's files; settings drop the prefix."""
+    return {
+        **os.environ,
+        "GATEWAY_HOME": app.config["HOME"],
+        "GATEWAY_POLICIES": app.config["POLICIES"],
+        "GATEWAY_REGISTRY": app.config["REGISTRY"],
+        **{f"GATEWAY_{name}": value for name, value in settings.items()},
+    }
+
+
+@contextmanager
+def sqlite_file(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection to a file, apart from the app's own."""
+    with closing(sqlite3.connect(path, timeout=30)) as connection:
+        yield connection
+
+
+def count_rows(path: Path, sql: str) -> int:
+    """The single number a `SELECT count(*) ...` gives on the file at `path`."""
+    with sqlite_file(path) as connection:
+        return int(connection.execute(sql).fetchone()[0])

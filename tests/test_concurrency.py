@@ -8,10 +8,8 @@ Afterwards the audit chain, appended to by every worker, verifies.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +17,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +24,8 @@ from flask import Flask
 
 from gateway.store.clients import Role, create_client
 from gateway.store.db import database
+from tests.conftest import GATEWAY, gateway_environment
 
-GATEWAY = Path(sys.executable).parent / "gateway"
 SUBJECTS = [f"subject-{n}" for n in range(12)]
 WORKERS = 3
 REQUESTS_PER_THREAD = 250
@@ -60,13 +57,7 @@ def server(app: Flask) -> Iterator[tuple[str, str]]:
     with app.app_context(), database.connection_context():
         _, key = create_client("load", Role.ADMIN, [], datetime.now(UTC))
     port = free_port()
-    env = {
-        **os.environ,
-        "GATEWAY_HOME": app.config["HOME"],
-        "GATEWAY_POLICIES": app.config["POLICIES"],
-        "GATEWAY_REGISTRY": app.config["REGISTRY"],
-        "GATEWAY_RATELIMIT_DEFAULT": "100000 per minute",
-    }
+    env = gateway_environment(app, RATELIMIT_DEFAULT="100000 per minute")
     process = subprocess.Popen(
         [str(GATEWAY), "serve", "--port", str(port), "--workers", str(WORKERS)],
         env=env,

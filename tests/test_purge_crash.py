@@ -14,12 +14,8 @@ import os
 import random
 import signal
 import socket
-import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +29,7 @@ from gateway.store.db import database, write_transaction
 from gateway.store.models import AuditEntry, Event, Lease, PurgeRun, Subject
 from gateway.store.profiles import put_attributes
 from gateway.store.subjects import ensure_subject
-from tests.conftest import verify_audit
+from tests.conftest import GATEWAY, count_rows, gateway_environment, sqlite_file, verify_audit
 
 EXPIRED = 60_000  # browsing events 200 days old (retention P90D)
 FRESH = 2_000  # events within their retention, browsing ones among them
@@ -46,7 +42,6 @@ FRESH_KINDS = (  # event type, age
     ("purchase", timedelta(days=300)),
     ("store_visit", timedelta(days=2)),
 )
-GATEWAY = Path(sys.executable).parent / "gateway"
 DEADLINE = 60.0  # seconds for any one wait on the purge process
 
 Row = tuple[Any, ...]
@@ -101,20 +96,8 @@ def event(subject: Subject, kind: str, item_id: str, at: datetime) -> Row:
     return (subject.get_id(), database_id, kind, item_id, "shoes", False, at, at)
 
 
-@contextmanager
-def sqlite(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to the file, apart from the app's own."""
-    with closing(sqlite3.connect(path, timeout=30)) as connection:
-        yield connection
-
-
-def count(path: Path, sql: str) -> int:
-    with sqlite(path) as connection:
-        return int(connection.execute(sql).fetchone()[0])
-
-
 def expired_left(path: Path) -> int:
-    return count(path, "SELECT count(*) FROM event WHERE item_id LIKE 'expired-%'")
+    return count_rows(path, "SELECT count(*) FROM event WHERE item_id LIKE 'expired-%'")
 
 
 def kept_rows(path: Path) -> dict[str, list[Row]]:
@@ -124,26 +107,19 @@ def kept_rows(path: Path) -> dict[str, list[Row]]:
         "attributes": "SELECT * FROM attribute ORDER BY id",
         "subjects": "SELECT * FROM subject ORDER BY id",
     }
-    with sqlite(path) as connection:
+    with sqlite_file(path) as connection:
         return {name: connection.execute(sql).fetchall() for name, sql in queries.items()}
 
 
 def integrity(path: Path) -> list[Row]:
-    with sqlite(path) as connection:
+    with sqlite_file(path) as connection:
         return connection.execute("PRAGMA integrity_check").fetchall()
 
 
 def environment(app: Flask) -> dict[str, str]:
     """Settings for `gateway purge`: the app's files, batches of 500, a long lease."""
-    return {
-        **os.environ,
-        "GATEWAY_HOME": app.config["HOME"],
-        "GATEWAY_POLICIES": app.config["POLICIES"],
-        "GATEWAY_REGISTRY": app.config["REGISTRY"],
-        "GATEWAY_PURGE_BATCH_SIZE": str(BATCH),
-        # Only the dead-holder check can free the killed run's lease within this test.
-        "GATEWAY_PURGE_LEASE_SECONDS": "3600",
-    }
+    # Only the dead-holder check can free the killed run's lease within this test.
+    return gateway_environment(app, PURGE_BATCH_SIZE=str(BATCH), PURGE_LEASE_SECONDS="3600")
 
 
 def kill_mid_way(app: Flask, path: Path, at_least: int) -> subprocess.Popen[bytes]:
@@ -156,7 +132,7 @@ def kill_mid_way(app: Flask, path: Path, at_least: int) -> subprocess.Popen[byte
     )
     deadline = time.monotonic() + DEADLINE
     try:
-        with sqlite(path) as connection:
+        with sqlite_file(path) as connection:
             while True:
                 (left,) = connection.execute("SELECT count(*) FROM event").fetchone()
                 if EXPIRED + FRESH - left >= at_least:

@@ -12,12 +12,9 @@ import logging
 import os
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -35,9 +32,8 @@ from gateway.store.db import database, write_transaction
 from gateway.store.leases import acquire, holder_of, new_holder
 from gateway.store.models import AuditEntry, Event, PurgeRun
 from gateway.store.subjects import ensure_subject
-from tests.conftest import verify_audit
+from tests.conftest import GATEWAY, count_rows, gateway_environment, sqlite_file, verify_audit
 
-GATEWAY = Path(sys.executable).parent / "gateway"
 MONDAY = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 EXPIRED_AGE = timedelta(days=200)  # browsing keeps P90D
 FRESH_KINDS = (
@@ -210,23 +206,12 @@ def seed(app: Flask, expired: int, fresh: int) -> None:
             Event.insert_many(rows[start : start + 2000], fields=EVENT_FIELDS).execute()
 
 
-@contextmanager
-def sqlite(path: Path) -> Iterator[sqlite3.Connection]:
-    with closing(sqlite3.connect(path, timeout=30)) as connection:
-        yield connection
-
-
-def count(path: Path, sql: str) -> int:
-    with sqlite(path) as connection:
-        return int(connection.execute(sql).fetchone()[0])
-
-
 def expired_left(path: Path) -> int:
-    return count(path, "SELECT count(*) FROM event WHERE item_id LIKE 'expired-%'")
+    return count_rows(path, "SELECT count(*) FROM event WHERE item_id LIKE 'expired-%'")
 
 
 def fresh_ids(path: Path) -> list[str]:
-    with sqlite(path) as connection:
+    with sqlite_file(path) as connection:
         rows = connection.execute("SELECT item_id FROM event WHERE item_id LIKE 'fresh-%'")
         return sorted(row[0] for row in rows)
 
@@ -348,7 +333,7 @@ def stored_time(text: str | None) -> datetime | None:
 
 def purge_runs(path: Path) -> list[Run]:
     sql = "SELECT id, started_at, finished_at, status, holder, report, dry_run FROM purge_run"
-    with sqlite(path) as connection:
+    with sqlite_file(path) as connection:
         rows = connection.execute(sql + " ORDER BY started_at, id").fetchall()
     runs = []
     for run_id, started, finished, status, holder, report, dry_run in rows:
@@ -361,15 +346,8 @@ def purge_runs(path: Path) -> list[Run]:
 
 
 def scheduler_environment(app: Flask) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "GATEWAY_HOME": app.config["HOME"],
-        "GATEWAY_POLICIES": app.config["POLICIES"],
-        "GATEWAY_REGISTRY": app.config["REGISTRY"],
-        "GATEWAY_PURGE_CRON": "*/1 * * * * *",
-        "GATEWAY_PURGE_BATCH_SIZE": str(BATCH),
-    }
+    environment = gateway_environment(app, PURGE_CRON="*/1 * * * * *", PURGE_BATCH_SIZE=str(BATCH))
+    return {**environment, "PYTHONUNBUFFERED": "1"}
 
 
 def start_scheduler(app: Flask, log: Path) -> subprocess.Popen[bytes]:

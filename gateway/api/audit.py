@@ -15,14 +15,13 @@ from marshmallow import RAISE, ValidationError, fields, validate, validates_sche
 from gateway import keyring, policies
 from gateway.api.auth import roles
 from gateway.api.strict import SUBJECT_ID, StrictBoolean, StrictSchema
-from gateway.audit import audit
-from gateway.audit.chain import Action, AuditRecord, head, sign_checkpoint, timestamp
-from gateway.audit.export import FORMATS, export_lines
+from gateway.audit import audited_export, checkpoint_now
+from gateway.audit.chain import Action, AuditRecord
+from gateway.audit.export import FORMATS
 from gateway.audit.queries import EntryFilter, find_entries, summary
 from gateway.audit.verification import checkpoint_body, verify_stored
 from gateway.errors import GatewayError
 from gateway.store.clients import Role
-from gateway.store.db import write_transaction
 
 blp = Blueprint("audit", __name__, url_prefix="/v1/audit", description="Audit log")
 
@@ -173,16 +172,9 @@ class Export(MethodView):
     @blp.response(200, description="JSON lines or CSV, verifiable offline")
     def get(self, args: dict[str, Any]) -> Response:
         """Stream the entries of a time window with what offline verification needs."""
-        now = datetime.now(UTC)
-        since, until, fmt = args.get("since"), args.get("until"), args["format"]
-        window = {
-            "format": fmt,
-            "since": since and timestamp(since),
-            "until": until and timestamp(until),
-        }
-        with write_transaction():
-            audit(_record(Action.AUDIT_EXPORT, **window), now)
-        lines = export_lines(fmt, since, until, keyring(), exported_at=timestamp(now))
+        now, fmt = datetime.now(UTC), args["format"]
+        record = _record(Action.AUDIT_EXPORT)
+        lines = audited_export(record, fmt, args.get("since"), args.get("until"), now)
         mimetype = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
         name = f"audit-{now:%Y%m%dT%H%M%SZ}.{fmt}"
         return Response(
@@ -208,8 +200,5 @@ class Checkpoints(MethodView):
     @blp.response(201, CheckpointSchema)
     def post(self) -> dict[str, Any]:
         """Sign the chain head now (the request itself is the entry signed)."""
-        now = datetime.now(UTC)
-        with write_transaction():
-            audit(_record(Action.AUDIT_CHECKPOINT), now)
-            checkpoint = sign_checkpoint(head(), keyring(), now)  # type: ignore[arg-type]
+        checkpoint = checkpoint_now(_record(Action.AUDIT_CHECKPOINT), datetime.now(UTC))
         return checkpoint_body(checkpoint)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import current_app, g
+from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import RAISE, fields, validate
 
-from gateway import policies
 from gateway.api.auth import roles
 from gateway.api.strict import StrictBoolean, StrictSchema
 from gateway.errors import GatewayError
-from gateway.retention import LeaseLost, PurgeBusy, purge_expired, run_report
+from gateway.retention import LeaseLost, PurgeBusy, purge_now, run_report
 from gateway.store.clients import Role
 from gateway.store.models import PurgeRun
 
@@ -58,16 +56,8 @@ class Purges(MethodView):
     @blp.response(200, PurgeRunSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Run a purge now (or a dry run); 409 while another purge is running."""
-        config = current_app.config
         try:
-            outcome = purge_expired(
-                policies(),
-                datetime.now(UTC),
-                actor=g.client.name,
-                batch_size=int(config["PURGE_BATCH_SIZE"]),
-                dry_run=body["dry_run"],
-                lease_ttl=timedelta(seconds=int(config["PURGE_LEASE_SECONDS"])),
-            )
+            outcome = purge_now(actor=g.client.name, dry_run=body["dry_run"])
         except PurgeBusy as busy:
             raise GatewayError(409, "purge_running", "Another purge is running.") from busy
         except LeaseLost as lost:

@@ -8,13 +8,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 
 from flask import current_app
 
-from gateway.audit.chain import AuditRecord, append
+from gateway.audit.chain import AuditRecord, append, sign_checkpoint, timestamp
+from gateway.audit.export import export_lines
 from gateway.observability import AUDIT_APPEND_SECONDS
-from gateway.store.models import AuditEntry
+from gateway.store.db import write_transaction
+from gateway.store.models import AuditCheckpoint, AuditEntry
 
 
 def audit(record: AuditRecord, now: datetime) -> AuditEntry:
@@ -24,3 +28,28 @@ def audit(record: AuditRecord, now: datetime) -> AuditEntry:
     every = int(current_app.config["AUDIT_CHECKPOINT_EVERY"])
     with AUDIT_APPEND_SECONDS.time():
         return append(record, now, keyring=keyring(), checkpoint_every=every)
+
+
+def checkpoint_now(record: AuditRecord, now: datetime) -> AuditCheckpoint:
+    """Append `record` (the request for a checkpoint) and sign the chain up to it."""
+    from gateway import keyring
+
+    with write_transaction():
+        entry = audit(record, now)
+        return sign_checkpoint(entry, keyring(), now)
+
+
+def audited_export(
+    record: AuditRecord, fmt: str, since: datetime | None, until: datetime | None, now: datetime
+) -> Iterator[str]:
+    """Record who pulls which export, then return its lines (streamed from the database)."""
+    from gateway import keyring
+
+    window = {
+        "format": fmt,
+        "since": since and timestamp(since),
+        "until": until and timestamp(until),
+    }
+    with write_transaction():
+        audit(replace(record, fields={**record.fields, **window}), now)
+    return export_lines(fmt, since, until, keyring(), exported_at=timestamp(now))

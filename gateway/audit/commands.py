@@ -17,12 +17,12 @@ from typing import Any, TextIO
 import click
 from flask.cli import with_appcontext
 
-from gateway.audit import audit
-from gateway.audit.chain import Action, AuditRecord, head, sign_checkpoint, timestamp
-from gateway.audit.export import FORMATS, export_lines, verify_export
+from gateway.audit import audited_export, checkpoint_now
+from gateway.audit.chain import Action, AuditRecord
+from gateway.audit.export import FORMATS, verify_export
 from gateway.audit.queries import summary
 from gateway.audit.verification import Verification, verify_stored
-from gateway.store.db import database, write_transaction
+from gateway.store.db import database
 
 # A plain group: `audit verify --file` must work without the app, its documents or database;
 # the other commands load the app through `with_appcontext`.
@@ -107,18 +107,9 @@ def _verify_database() -> None:
 )
 def export_command(since: datetime | None, until: datetime | None, fmt: str, output: str) -> None:
     """Export entries of a time window with their hashes, checkpoints and signatures."""
-    from gateway import keyring
-
-    now = datetime.now(UTC)
-    window = {
-        "format": fmt,
-        "since": since and timestamp(since),
-        "until": until and timestamp(until),
-    }
+    record = _record(Action.AUDIT_EXPORT, output=output)
     with database.connection_context():
-        with write_transaction():
-            audit(_record(Action.AUDIT_EXPORT, output=output, **window), now)
-        lines = export_lines(fmt, since, until, keyring(), exported_at=timestamp(now))
+        lines = audited_export(record, fmt, since, until, datetime.now(UTC))
         if output == "-":
             _write(lines, sys.stdout)
         else:
@@ -149,12 +140,8 @@ def summary_command(since: datetime | None, until: datetime | None) -> None:
 @with_appcontext
 def checkpoint_command() -> None:
     """Sign the chain head now."""
-    from gateway import keyring
-
-    now = datetime.now(UTC)
-    with database.connection_context(), write_transaction():
-        audit(_record(Action.AUDIT_CHECKPOINT), now)
-        checkpoint = sign_checkpoint(head(), keyring(), now)  # type: ignore[arg-type]
+    with database.connection_context():
+        checkpoint = checkpoint_now(_record(Action.AUDIT_CHECKPOINT), datetime.now(UTC))
     click.echo(f"signed seq {checkpoint.seq} ({checkpoint.hash}) with key {checkpoint.key_id}")
 
 

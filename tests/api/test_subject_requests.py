@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from collections.abc import Iterator
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from gateway.crypto import KeyringError, canonical_json, decrypt_field, verify_s
 from gateway.store.db import database
 from gateway.store.keystore import keystore, wrapped_key
 from gateway.store.models import AuditEntry, Subject
-from tests.conftest import Caller, verify_audit
+from tests.conftest import Caller, sqlite_file, verify_audit
 
 SUBJECT = "erasable-4418"
 BYSTANDER = "bystander-0007"
@@ -157,12 +156,6 @@ def home(app: Flask) -> Path:
     return Path(app.config["HOME"])
 
 
-@contextmanager
-def sqlite(path: Path) -> Iterator[sqlite3.Connection]:
-    with closing(sqlite3.connect(path, timeout=30)) as connection:
-        yield connection
-
-
 HOLDINGS_SQL = {
     "attributes": "SELECT a.* FROM attribute a JOIN subject s ON s.id = a.subject_id"
     " WHERE s.pseudonym = ? ORDER BY a.id",
@@ -176,7 +169,7 @@ HOLDINGS_SQL = {
 
 def rows_of(path: Path, pseudonym: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row held about a pseudonym, in full."""
-    with sqlite(path) as connection:
+    with sqlite_file(path) as connection:
         return {
             name: connection.execute(sql, (pseudonym,)).fetchall()
             for name, sql in HOLDINGS_SQL.items()
@@ -184,7 +177,7 @@ def rows_of(path: Path, pseudonym: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def totals(path: Path) -> dict[str, int]:
-    with sqlite(path) as connection:
+    with sqlite_file(path) as connection:
         return {
             table: connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             for table in ("subject", "attribute", "event", "consent_record")
@@ -192,7 +185,7 @@ def totals(path: Path) -> dict[str, int]:
 
 
 def fold_wal(path: Path) -> None:
-    with sqlite(path) as connection:
+    with sqlite_file(path) as connection:
         busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     assert busy == 0
 
@@ -211,12 +204,12 @@ def sealed_values(path: Path, pseudonym: str) -> dict[str, str]:
         "SELECT a.name, a.value FROM attribute a JOIN subject s ON s.id = a.subject_id"
         " WHERE s.pseudonym = ? AND a.sealed"
     )
-    with sqlite(path) as connection:
+    with sqlite_file(path) as connection:
         return dict(connection.execute(sql, (pseudonym,)).fetchall())
 
 
 def backed_up_key(path: Path, pseudonym: str) -> str:
-    with sqlite(path) as connection:
+    with sqlite_file(path) as connection:
         row = connection.execute(
             "SELECT wrapped_key FROM subject_key WHERE pseudonym = ?", (pseudonym,)
         ).fetchone()
@@ -380,7 +373,7 @@ def test_no_plaintext_pii_or_raw_id_is_in_the_files_before_or_after_erasure(
         if keep_wal:
             # A second connection keeps SQLite from folding and removing the WAL on close.
             for name in ("gateway.db", "keys.db"):
-                connection = stack.enter_context(sqlite(home(app) / name))
+                connection = stack.enter_context(sqlite_file(home(app) / name))
                 connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
         assert_nothing_plain(stored_bytes(app))
 
@@ -432,7 +425,7 @@ def test_a_backup_taken_before_erasure_cannot_be_read_for_the_subject_afterwards
 
     # With the keyring and the keystore as they are now, no key opens the backup's values.
     assert key_of(app, SUBJECT) is None
-    with sqlite(home(app) / "keys.db") as connection:
+    with sqlite_file(home(app) / "keys.db") as connection:
         remaining = [row[0] for row in connection.execute("SELECT wrapped_key FROM subject_key")]
     assert remaining == [key_of(app, BYSTANDER)]
     for wrapped in remaining:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,6 @@ import pytest
 import time_machine
 from click.testing import CliRunner
 from flask import Flask
-from flask.testing import FlaskClient
 
 from gateway import keyring, policies
 from gateway.audit.chain import GENESIS, Action, AuditRecord, append, timestamp
@@ -30,7 +28,7 @@ from gateway.audit.verification import Verification
 from gateway.cli import main
 from gateway.crypto import Keyring
 from gateway.store.db import database, write_transaction
-from tests.audit import CALENDAR, Template, build_history, build_template, checkpoints, entries
+from tests.audit import CALENDAR, build_history, checkpoints, entries
 from tests.conftest import Caller, verify_audit
 
 EVERY = 5
@@ -39,45 +37,6 @@ FORMATS = ["jsonl", "csv"]
 
 Json = dict[str, Any]
 Lines = list[str]
-
-
-@pytest.fixture(autouse=True)
-def _calendar() -> Iterator[None]:
-    """Pin the date (the clock still ticks): the demo registrations' review dates hold."""
-    with time_machine.travel(CALENDAR, tick=True):
-        yield
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    """The chain is written through the API once; each test exports from its own copy."""
-    return build_template(tmp_path_factory.mktemp("template"), TOTAL, EVERY)
-
-
-@pytest.fixture
-def app(make_app: Any, tmp_path: Path, template: Template) -> Flask:
-    shutil.copytree(template.home, tmp_path / "instance")
-    return make_app(AUDIT_CHECKPOINT_EVERY=EVERY)
-
-
-@pytest.fixture
-def auditor(client: FlaskClient, template: Template) -> Caller:
-    return Caller(client, template.keys["auditor"])
-
-
-@pytest.fixture
-def admin(client: FlaskClient, template: Template) -> Caller:
-    return Caller(client, template.keys["admin"])
-
-
-@pytest.fixture
-def shop(client: FlaskClient, template: Template) -> Caller:
-    return Caller(client, template.keys["shop"])
-
-
-@pytest.fixture
-def mailer(client: FlaskClient, template: Template) -> Caller:
-    return Caller(client, template.keys["mailer"])
 
 
 @pytest.fixture

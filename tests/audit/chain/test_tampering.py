@@ -7,25 +7,19 @@ SQLite file directly, the way someone with access to the database but not the si
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import time_machine
-from flask import Flask
-from flask.testing import FlaskClient
 
 from gateway import keyring
 from gateway.audit.chain import GENESIS, body_hash, checkpoint_payload
 from gateway.crypto import verify_signature
 from tests.audit import (
     CALENDAR,
-    Template,
     build_history,
-    build_template,
     checkpoints,
     entries,
     entry,
@@ -41,40 +35,6 @@ FIRST, MIDDLE, LAST = 1, 12, TOTAL
 
 Json = dict[str, Any]
 Tamper = Callable[[sqlite3.Connection], None]
-
-
-@pytest.fixture(autouse=True)
-def _calendar() -> Iterator[None]:
-    """Pin the date (the clock still ticks): the demo registrations' review dates hold."""
-    with time_machine.travel(CALENDAR, tick=True):
-        yield
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    """The chain is written through the API once; each test tampers with its own copy."""
-    return build_template(tmp_path_factory.mktemp("template"), TOTAL, EVERY)
-
-
-@pytest.fixture
-def app(make_app: Any, tmp_path: Path, template: Template) -> Flask:
-    shutil.copytree(template.home, tmp_path / "instance")
-    return make_app(AUDIT_CHECKPOINT_EVERY=EVERY)
-
-
-@pytest.fixture
-def auditor(client: FlaskClient, template: Template) -> Caller:
-    return Caller(client, template.keys["auditor"])
-
-
-@pytest.fixture
-def admin(client: FlaskClient, template: Template) -> Caller:
-    return Caller(client, template.keys["admin"])
-
-
-@pytest.fixture
-def shop(client: FlaskClient, template: Template) -> Caller:
-    return Caller(client, template.keys["shop"])
 
 
 @pytest.fixture

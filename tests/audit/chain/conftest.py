@@ -1,0 +1,56 @@
+"""One chain written through the API per module (its TOTAL entries, a checkpoint every EVERY);
+every test works on its own copy of that instance, as the callers who wrote it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import time_machine
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.audit import CALENDAR, Template, build_template
+from tests.conftest import Caller
+
+
+@pytest.fixture(autouse=True)
+def _calendar() -> Iterator[None]:
+    """Pin the date (the clock still ticks): the demo registrations' review dates hold."""
+    with time_machine.travel(CALENDAR, tick=True):
+        yield
+
+
+@pytest.fixture(scope="module")
+def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Template:
+    module = request.module
+    return build_template(tmp_path_factory.mktemp("template"), module.TOTAL, module.EVERY)
+
+
+@pytest.fixture
+def app(request: pytest.FixtureRequest, make_app: Any, tmp_path: Path, template: Template) -> Flask:
+    shutil.copytree(template.home, tmp_path / "instance")
+    return make_app(AUDIT_CHECKPOINT_EVERY=request.module.EVERY)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def auditor(client: FlaskClient, template: Template) -> Caller:
+    return Caller(client, template.keys["auditor"])
+
+
+@pytest.fixture
+def admin(client: FlaskClient, template: Template) -> Caller:
+    return Caller(client, template.keys["admin"])
+
+
+@pytest.fixture
+def shop(client: FlaskClient, template: Template) -> Caller:
+    return Caller(client, template.keys["shop"])
+
+
+@pytest.fixture
+def mailer(client: FlaskClient, template: Template) -> Caller:
+    return Caller(client, template.keys["mailer"])
