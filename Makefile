@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-sqlite test-postgres lint bench clean postgres
 
 install: $(VENV)/.installed
 
@@ -24,13 +24,27 @@ lint: install
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
 
+# The whole suite runs twice: on SQLite, then on PostgreSQL. GATEWAY_DATABASE_URL names the
+# PostgreSQL database to use; without it a local server is installed (Debian's package) and started.
 # pytest exits 5 when it collected no tests: that is a failure here.
-test: lint
-	$(BIN)/pytest; rc=$$?; \
+PYTEST = rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test: lint test-sqlite test-postgres
+
+test-sqlite: install
+	env -u GATEWAY_DATABASE_URL -u GATEWAY_KEYSTORE_URL sh -c '$(PYTEST)'
+
+test-postgres: install
+	url="$${GATEWAY_DATABASE_URL:-$$(scripts/postgres.sh start)}" && \
+	GATEWAY_DATABASE_URL="$$url" sh -c '$(PYTEST)'
+
+# A local PostgreSQL for trying the gateway or the benchmarks on it; prints its URL.
+postgres:
+	@scripts/postgres.sh start
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache
 
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -1,13 +1,20 @@
-"""Fixtures: a fresh instance folder, SQLite file and keyring per test; HTTP via the test client."""
+"""Fixtures: a fresh instance folder, databases and keyring per test; HTTP via the test client.
+
+The databases are SQLite files, or schemas on PostgreSQL when GATEWAY_DATABASE_URL names one
+(see tests/stores.py).
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,11 +26,21 @@ from flask.testing import FlaskClient
 from gateway import create_app, keyring
 from gateway.audit.verification import Verification, verify_stored
 from gateway.cli import initialize
+from gateway.store import close_connections
 from gateway.store.clients import Role, create_client
 from gateway.store.db import database
-from gateway.store.keystore import close_keystore
+from tests.stores import BACKEND, Settings, drop_store, new_store, prepare_server
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_report_header() -> str:
+    return f"databases: {BACKEND}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _database_server() -> None:
+    prepare_server()
 
 
 @pytest.fixture(autouse=True)
@@ -46,15 +63,27 @@ def documents(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def make_app(tmp_path: Path, documents: tuple[Path, Path]) -> Iterator[Any]:
-    """Build an initialised app over the test's documents; extra settings override."""
+def make_app(
+    request: pytest.FixtureRequest, tmp_path: Path, documents: tuple[Path, Path]
+) -> Iterator[Any]:
+    """Build an initialised app over the test's documents; extra settings override.
+
+    Each instance folder (HOME) has its own fresh databases, as with SQLite files in it. A test
+    marked `sqlite` (it reads SQLite's files or relies on SQLite's behaviour) always gets SQLite.
+    """
+    stores: dict[str, Settings] = {}
+    sqlite = request.node.get_closest_marker("sqlite") is not None
 
     def build(**overrides: Any) -> Flask:
+        home = str(overrides.get("HOME", tmp_path / "instance"))
+        if home not in stores:
+            stores[home] = new_store(Path(home), sqlite)
         config = {
             "TESTING": True,
-            "HOME": str(tmp_path / "instance"),
+            "HOME": home,
             "POLICIES": str(documents[0]),
             "REGISTRY": str(documents[1]),
+            **stores[home],
             **overrides,
         }
         app = create_app(config)
@@ -63,9 +92,9 @@ def make_app(tmp_path: Path, documents: tuple[Path, Path]) -> Iterator[Any]:
         return app
 
     yield build
-    if not database.is_closed():
-        database.close()
-    close_keystore()
+    close_connections()
+    for store in stores.values():
+        drop_store(store)
 
 
 @pytest.fixture
@@ -85,6 +114,8 @@ def runner(app: Flask) -> Any:
 
 @pytest.fixture
 def db_path(app: Flask) -> Path:
+    """The SQLite file of a test marked `sqlite`."""
+    assert app.config["DATABASE_URL"].startswith("sqlite"), "mark the test: pytest.mark.sqlite"
     return Path(app.config["HOME"]) / "gateway.db"
 
 
@@ -167,20 +198,50 @@ def gateway_environment(app: Flask, **settings: str) -> dict[str, str]:
     return {
         **os.environ,
         "GATEWAY_HOME": app.config["HOME"],
+        "GATEWAY_DATABASE_URL": app.config["DATABASE_URL"],
+        "GATEWAY_KEYSTORE_URL": app.config["KEYSTORE_URL"],
         "GATEWAY_POLICIES": app.config["POLICIES"],
         "GATEWAY_REGISTRY": app.config["REGISTRY"],
         **{f"GATEWAY_{name}": value for name, value in settings.items()},
     }
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextmanager
-def sqlite_file(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to a file, apart from the app's own."""
-    with closing(sqlite3.connect(path, timeout=30)) as connection:
-        yield connection
-
-
-def count_rows(path: Path, sql: str) -> int:
-    """The single number a `SELECT count(*) ...` gives on the file at `path`."""
-    with sqlite_file(path) as connection:
-        return int(connection.execute(sql).fetchone()[0])
+def running_server(
+    app: Flask, workers: int, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`gateway serve --workers N` on the app's instance until the block ends; yields its base
+    URL and process (stopped with SIGTERM, as an operator would)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(GATEWAY), "serve", "--port", str(port), "--workers", str(workers)],
+        env=env or gateway_environment(app),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("the server did not start") from None
+            time.sleep(0.1)
+    try:
+        yield base, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)

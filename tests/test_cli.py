@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 import stat
-from contextlib import closing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,12 +14,15 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner, Result
 from flask import Flask
+from playhouse.pool import PooledDatabase
 
 from gateway import create_app
 from gateway.audit.chain import Action
 from gateway.cli import main
 from gateway.store.db import database
+from gateway.store.keystore import keystore
 from gateway.store.models import ApiClient, AuditEntry
+from tests.stores import Settings, connect, drop_store, new_store
 
 PURPOSES = ["--purpose", "recommendations", "--purpose", "ads_personalization"]
 ADD_WEB = ["clients", "add", "web", "--role", "app", "--purpose", "recommendations"]
@@ -46,8 +48,23 @@ def _db_files(db_path: Path) -> bytes:
 
 def _checkpoint(db_path: Path) -> None:
     """Move the WAL's pages into the main file, so it alone holds every committed row."""
-    with closing(sqlite3.connect(db_path)) as connection:
+    with connect(f"sqlite:///{db_path}") as connection:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _stored_text(app: Flask) -> dict[str, bytes]:
+    """Every stored value of every table of both databases, one per line, by store:table."""
+    found: dict[str, bytes] = {}
+    for store in ("DATABASE_URL", "KEYSTORE_URL"):
+        with connect(app.config[store]) as db:
+            for table in db.tables():
+                rows = db.execute(f"SELECT * FROM {table}").fetchall()
+                values = [value for row in rows for value in row]
+                found[f"{store}:{table}"] = b"\n".join(
+                    bytes(v) if isinstance(v, bytes | memoryview) else str(v).encode()
+                    for v in values
+                )
+    return found
 
 
 def _query(app: Flask, model: Any, *where: Any) -> list[Any]:
@@ -58,8 +75,21 @@ def _query(app: Flask, model: Any, *where: Any) -> list[Any]:
         return list(query)
 
 
+@pytest.fixture
+def fresh_store(tmp_path: Path) -> Iterator[Settings]:
+    """Fresh, empty databases for an instance no fixture initialised, dropped after."""
+    store = new_store(tmp_path / "fresh")
+    yield store
+    for db in (database, keystore):  # every connection, also any idle in a pool
+        if db.obj is not None and not db.is_closed():
+            db.close()
+        if isinstance(db.obj, PooledDatabase):
+            db.obj.close_all()
+    drop_store(store)
+
+
 def test_init_creates_a_private_keyring_and_is_idempotent(
-    tmp_path: Path, documents: tuple[Path, Path]
+    tmp_path: Path, documents: tuple[Path, Path], fresh_store: Settings
 ) -> None:
     home = tmp_path / "fresh"
     fresh = create_app(
@@ -68,6 +98,7 @@ def test_init_creates_a_private_keyring_and_is_idempotent(
             "HOME": str(home),
             "POLICIES": str(documents[0]),
             "REGISTRY": str(documents[1]),
+            **fresh_store,
         }
     )
     runner = fresh.test_cli_runner()
@@ -75,12 +106,15 @@ def test_init_creates_a_private_keyring_and_is_idempotent(
     assert first.exit_code == 0, first.output
     keyring = home / "keyring.json"
     assert "created keyring" in first.output
+    assert "created schema version" in first.output
+    assert f"ready: {fresh_store['DATABASE_URL']}" in first.output
     assert stat.S_IMODE(keyring.stat().st_mode) == 0o600
     content = keyring.read_bytes()
 
     again = runner.invoke(args=["init"])
     assert again.exit_code == 0, again.output
     assert "created keyring" not in again.output
+    assert "created schema version" not in again.output
     assert keyring.read_bytes() == content
     assert stat.S_IMODE(keyring.stat().st_mode) == 0o600
     # the tables exist: a client can be created and listed
@@ -110,6 +144,19 @@ def test_clients_add_prints_the_key_alone_on_the_last_line(app: Flask, runner: A
     assert _get_signing_key(app, key[:-1] + ("A" if key[-1] != "A" else "B")) == 401
 
 
+def test_only_the_key_digest_is_stored_in_any_row(app: Flask, runner: Any) -> None:
+    key = _add(runner, *ADD_WEB[2:])
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    stored = _stored_text(app)
+    # the scan reads the row the client went into, and the audit entry of its creation
+    assert [(c.name, c.key_hash) for c in _query(app, ApiClient)] == [("web", digest)]
+    assert digest.encode() in stored["DATABASE_URL:api_client"]
+    assert b"client.create" in stored["DATABASE_URL:audit_entry"]
+    for where, text in stored.items():
+        assert key.encode() not in text, where
+
+
+@pytest.mark.sqlite
 def test_only_the_key_digest_is_stored(app: Flask, runner: Any, db_path: Path) -> None:
     key = _add(runner, *ADD_WEB[2:])
     digest = hashlib.sha256(key.encode()).hexdigest()

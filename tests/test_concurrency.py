@@ -8,8 +8,6 @@ Afterwards the audit chain, appended to by every worker, verifies.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -24,18 +22,12 @@ from flask import Flask
 
 from gateway.store.clients import Role, create_client
 from gateway.store.db import database
-from tests.conftest import GATEWAY, gateway_environment
+from tests.conftest import gateway_environment, running_server
 
 SUBJECTS = [f"subject-{n}" for n in range(12)]
 WORKERS = 3
 REQUESTS_PER_THREAD = 250
 THREADS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def call(base: str, key: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -56,34 +48,9 @@ def server(app: Flask) -> Iterator[tuple[str, str]]:
     """`gateway serve --workers 3` on the test's instance; yields (base URL, admin key)."""
     with app.app_context(), database.connection_context():
         _, key = create_client("load", Role.ADMIN, [], datetime.now(UTC))
-    port = free_port()
     env = gateway_environment(app, RATELIMIT_DEFAULT="100000 per minute")
-    process = subprocess.Popen(
-        [str(GATEWAY), "serve", "--port", str(port), "--workers", str(WORKERS)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("the server did not start") from None
-            time.sleep(0.1)
-    try:
+    with running_server(app, WORKERS, env) as (base, _process):
         yield base, key
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 @dataclass(frozen=True)

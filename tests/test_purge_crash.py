@@ -2,9 +2,11 @@
 
 A real instance on disk holds tens of thousands of expired browsing events among fresh events and
 attributes. The purge runs as a real `gateway purge` process in batches of 500; once the event
-count shows at least one committed batch, the process is killed. The file must then be intact,
-hold every fresh row, have lost only whole batches of expired rows, and keep a verifiable audit
-chain; the next `gateway purge` takes the dead process's lease over at once and finishes the job.
+count shows at least one committed batch, the process is killed. The database must then be intact
+(SQLite's integrity_check; on PostgreSQL amcheck over every table and index, every row read in
+full), hold every fresh row, have lost only whole batches of expired rows, and keep a verifiable
+audit chain; the next `gateway purge` takes the dead process's lease over at once and finishes the
+job.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import socket
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +30,8 @@ from gateway.store.db import database, write_transaction
 from gateway.store.models import AuditEntry, Event, Lease, PurgeRun, Subject
 from gateway.store.profiles import put_attributes
 from gateway.store.subjects import ensure_subject
-from tests.conftest import GATEWAY, count_rows, gateway_environment, sqlite_file, verify_audit
+from tests.conftest import GATEWAY, gateway_environment, verify_audit
+from tests.stores import count_rows, raw
 
 EXPIRED = 60_000  # browsing events 200 days old (retention P90D)
 FRESH = 2_000  # events within their retention, browsing ones among them
@@ -86,9 +88,11 @@ def insert_events(rows: list[Row]) -> None:
     """Insert on peewee's own connection, each value as the model stores it (its SQL builder
     takes seconds over this many rows)."""
     columns = ", ".join(f'"{field.column_name}"' for field in EVENT_FIELDS)
-    marks = ", ".join("?" for _ in EVENT_FIELDS)
+    marks = ", ".join(database.param for _ in EVENT_FIELDS)
     values = [tuple(f.db_value(v) for f, v in zip(EVENT_FIELDS, row, strict=True)) for row in rows]
-    database.connection().executemany(f'INSERT INTO "event" ({columns}) VALUES ({marks})', values)
+    cursor = database.cursor()
+    cursor.executemany(f'INSERT INTO "event" ({columns}) VALUES ({marks})', values)
+    cursor.close()
 
 
 def event(subject: Subject, kind: str, item_id: str, at: datetime) -> Row:
@@ -96,24 +100,67 @@ def event(subject: Subject, kind: str, item_id: str, at: datetime) -> Row:
     return (subject.get_id(), database_id, kind, item_id, "shoes", False, at, at)
 
 
-def expired_left(path: Path) -> int:
-    return count_rows(path, "SELECT count(*) FROM event WHERE item_id LIKE 'expired-%'")
+def expired_left(app: Flask) -> int:
+    return count_rows(app.config, "SELECT count(*) FROM event WHERE item_id LIKE ?", ["expired-%"])
 
 
-def kept_rows(path: Path) -> dict[str, list[Row]]:
+def kept_rows(app: Flask) -> dict[str, list[Row]]:
     """Every row that no purge may touch, in full."""
-    queries = {
-        "events": "SELECT * FROM event WHERE item_id LIKE 'fresh-%' ORDER BY id",
-        "attributes": "SELECT * FROM attribute ORDER BY id",
-        "subjects": "SELECT * FROM subject ORDER BY id",
+    queries: dict[str, tuple[str, list[str]]] = {
+        "events": ("SELECT * FROM event WHERE item_id LIKE ? ORDER BY id", ["fresh-%"]),
+        "attributes": ("SELECT * FROM attribute ORDER BY id", []),
+        "subjects": ("SELECT * FROM subject ORDER BY id", []),
     }
-    with sqlite_file(path) as connection:
-        return {name: connection.execute(sql).fetchall() for name, sql in queries.items()}
+    with raw(app.config) as db:
+        return {
+            name: [tuple(row) for row in db.execute(sql, params).fetchall()]
+            for name, (sql, params) in queries.items()
+        }
 
 
-def integrity(path: Path) -> list[Row]:
-    with sqlite_file(path) as connection:
-        return connection.execute("PRAGMA integrity_check").fetchall()
+def integrity(app: Flask) -> list[str]:
+    """What the database's own checks find damaged: nothing, or the problems.
+
+    SQLite: PRAGMA integrity_check. PostgreSQL: amcheck's verify_heapam over every table (and its
+    TOAST), bt_index_check over every index with every heap row looked up in it (it raises on a
+    damaged index), and every row of every table read in full.
+    """
+    with raw(app.config) as db:
+        if not db.postgres:
+            found = [row[0] for row in db.execute("PRAGMA integrity_check").fetchall()]
+            return [] if found == ["ok"] else found
+        # The extension lives in a schema of its own, created once per database.
+        db.execute("SELECT pg_advisory_xact_lock(hashtext('amcheck'))")
+        db.execute("CREATE SCHEMA IF NOT EXISTS amcheck")
+        db.execute("CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA amcheck")
+        tables = db.tables()
+        assert {"event", "attribute", "subject", "audit_entry", "purge_run"} <= set(tables)
+        problems = []
+        for table in tables:
+            damaged = db.execute(
+                "SELECT blkno, offnum, attnum, msg FROM amcheck.verify_heapam(?::regclass, "
+                "check_toast => true)",
+                [table],
+            ).fetchall()
+            problems += [f"{table}: {tuple(row)}" for row in damaged]
+            db.execute(f"SELECT * FROM {table}").fetchall()
+        indexes = db.execute(
+            "SELECT i.indexrelid::regclass::text FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam"
+            " WHERE c.relnamespace = current_schema()::regnamespace AND a.amname = 'btree'"
+        ).fetchall()
+        assert len(indexes) >= len(tables)
+        for (index,) in indexes:
+            db.execute("SELECT amcheck.bt_index_check(?::regclass, true)", [index])
+        return problems
+
+
+def writers_settled(app: Flask) -> None:
+    """Wait until the killed process's last write transaction has ended. On PostgreSQL the server,
+    not the dead client, ends it (commit or rollback) once it sees the connection gone; our own
+    write transaction can begin only then, as it takes the same writers' lock."""
+    with app.app_context(), database.connection_context(), write_transaction():
+        pass
 
 
 def environment(app: Flask) -> dict[str, str]:
@@ -122,7 +169,7 @@ def environment(app: Flask) -> dict[str, str]:
     return gateway_environment(app, PURGE_BATCH_SIZE=str(BATCH), PURGE_LEASE_SECONDS="3600")
 
 
-def kill_mid_way(app: Flask, path: Path, at_least: int) -> subprocess.Popen[bytes]:
+def kill_mid_way(app: Flask, at_least: int) -> subprocess.Popen[bytes]:
     """Start `gateway purge`; SIGKILL it once `at_least` expired rows are gone."""
     process = subprocess.Popen(
         [str(GATEWAY), "purge"],
@@ -132,9 +179,9 @@ def kill_mid_way(app: Flask, path: Path, at_least: int) -> subprocess.Popen[byte
     )
     deadline = time.monotonic() + DEADLINE
     try:
-        with sqlite_file(path) as connection:
+        with raw(app.config) as db:
             while True:
-                (left,) = connection.execute("SELECT count(*) FROM event").fetchone()
+                (left,) = db.execute("SELECT count(*) FROM event").fetchone()
                 if EXPIRED + FRESH - left >= at_least:
                     break
                 assert process.poll() is None, process.communicate()
@@ -148,6 +195,7 @@ def kill_mid_way(app: Flask, path: Path, at_least: int) -> subprocess.Popen[byte
             process.wait(timeout=DEADLINE)
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
+    writers_settled(app)
     return process
 
 
@@ -171,18 +219,17 @@ def test_a_purge_killed_mid_way_keeps_the_database_consistent_and_the_next_run_f
     make_app: Any, kill_after: int
 ) -> None:
     app = make_app()
-    path = Path(app.config["HOME"]) / "gateway.db"
     seed(app)
-    kept = kept_rows(path)
+    kept = kept_rows(app)
     assert [len(kept[name]) for name in ("events", "attributes")] == [FRESH, 2 * SUBJECTS]
     chain_before = audit_entries(app)
 
-    killed = kill_mid_way(app, path, at_least=kill_after)
+    killed = kill_mid_way(app, at_least=kill_after)
 
     assert killed.returncode == -signal.SIGKILL
-    assert integrity(path) == [("ok",)]
-    assert kept_rows(path) == kept
-    deleted = EXPIRED - expired_left(path)
+    assert integrity(app) == []
+    assert kept_rows(app) == kept
+    deleted = EXPIRED - expired_left(app)
     assert kill_after <= deleted < EXPIRED, "the purge finished before it was killed"
     assert deleted % BATCH == 0
     assert verify_audit(app).ok
@@ -204,9 +251,9 @@ def test_a_purge_killed_mid_way_keeps_the_database_consistent_and_the_next_run_f
     assert rerun.returncode == 0, rerun.stderr
     left = EXPIRED - deleted
     assert rerun.stdout.splitlines()[-1] == f"total deleted: {left}", rerun.stdout
-    assert expired_left(path) == 0
-    assert kept_rows(path) == kept
-    assert integrity(path) == [("ok",)]
+    assert expired_left(app) == 0
+    assert kept_rows(app) == kept
+    assert integrity(app) == []
     assert [(run.id, run.status) for run in runs(app)] == [
         (cut_off.id, "interrupted"),
         (cut_off.id + 1, "finished"),

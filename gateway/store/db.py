@@ -1,52 +1,131 @@
 """Database binding from a URL, per-request connections and write transactions.
 
 bind("sqlite:///instance/gateway.db")       # or postgresql://user@host/db
-with write_transaction():                   # serialized writer (SQLite: BEGIN IMMEDIATE)
+with write_transaction():                   # one writer at a time, across processes
     ...
+
+Writers are serialized by the database itself, never by a process lock, so any number of worker
+processes keep one audit chain: SQLite's BEGIN IMMEDIATE takes the file's write lock, and on
+PostgreSQL every write transaction first takes one transaction-scoped advisory lock. Reads take
+no lock. Under READ COMMITTED each statement after that lock sees every writer that went before.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
 from flask import Flask
-from peewee import Database, DatabaseProxy, SqliteDatabase
+from peewee import Database, DatabaseProxy, OperationalError, PostgresqlDatabase, SqliteDatabase
 from playhouse.db_url import connect
+from playhouse.pool import PooledDatabase
 
 database = DatabaseProxy()
 
+# The advisory lock of the gateway's writers: this fixed number and the schema in use, so that
+# gateways in different schemas of one database do not wait for each other.
+WRITER_LOCK = 0x67617465
+
+BUSY_TIMEOUT_MS = 10_000  # how long a writer waits for the write lock
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
     "foreign_keys": 1,
-    "busy_timeout": 10_000,
+    "busy_timeout": BUSY_TIMEOUT_MS,
     "synchronous": "normal",
     # deleted rows (purges, erasures) are zeroed on disk, not left readable in free pages
     "secure_delete": 1,
 }
 
 
+SCHEMES = ("sqlite", "postgres", "postgresql")
+
+
+def open_database(url: str) -> Database:
+    """The database at `url`, SQLite or PostgreSQL, behind a connection pool.
+
+    Requests take a connection from the pool and give it back, so neither PostgreSQL's connection
+    set-up nor SQLite's checkpoint when its last connection closes is paid per request. Pools
+    are per process: `close_pools()` empties them before gunicorn forks its workers.
+    """
+    scheme = url.split(":", 1)[0].removesuffix("+pool")
+    if scheme not in SCHEMES:
+        raise ValueError(
+            f"unsupported database URL {url.split(':', 1)[0]}://: use sqlite or postgresql"
+        )
+    options: dict[str, Any] = {"max_connections": None, "stale_timeout": 300}
+    if scheme == "sqlite":
+        # a pooled connection may serve another thread later (never two at once)
+        options.update(pragmas=SQLITE_PRAGMAS, check_same_thread=False)
+    return connect(url.replace(f"{scheme}://", f"{scheme}+pool://", 1), **options)
+
+
 def bind(url: str) -> Database:
-    """Point every model at the database named by `url` (no connection is opened)."""
-    options = {"pragmas": SQLITE_PRAGMAS} if url.startswith("sqlite") else {}
-    db = connect(url, **options)
+    """Point every model at the database named by `url` (no connection is opened); the
+    connections to the database bound before are closed."""
+    db = open_database(url)
+    close_pool(database)
     database.initialize(db)
     return db
+
+
+def close_pool(db: Database | DatabaseProxy) -> None:
+    """Close every connection `db` holds, in use by this thread or idle in its pool."""
+    target = db.obj if isinstance(db, DatabaseProxy) else db
+    if target is None:
+        return
+    if not target.is_closed():
+        target.close()
+    if isinstance(target, PooledDatabase):
+        target.close_all()
+
+
+def _begin_sqlite_write(db: Database) -> Any:
+    """BEGIN IMMEDIATE, retried every half millisecond while another writer holds the lock.
+
+    SQLite's own busy handler sleeps ever longer (up to 100 ms) between tries, so a waiting
+    request keeps missing the short gaps a purge leaves between its batches. Polling finds them.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    db.execute_sql("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            transaction = db.atomic("IMMEDIATE")
+            try:
+                transaction.__enter__()
+                return transaction
+            except OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.0005)
+    finally:
+        db.execute_sql(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 @contextmanager
 def write_transaction() -> Iterator[None]:
     """A transaction that takes the write lock at its start, so writers queue instead of failing."""
-    if isinstance(database.obj, SqliteDatabase):
-        with database.atomic("IMMEDIATE"):
+    db = database.obj
+    if db.transaction_depth() > 0:  # nested: a savepoint inside the writer's transaction
+        with db.atomic():
+            yield
+    elif isinstance(db, SqliteDatabase):
+        with ExitStack() as stack:
+            stack.push(_begin_sqlite_write(db))  # entered: its exit commits or rolls back
+            yield
+    elif isinstance(db, PostgresqlDatabase):
+        with db.atomic():
+            db.execute_sql(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (WRITER_LOCK,)
+            )
             yield
     else:
-        with database.atomic():
-            yield
+        raise RuntimeError(f"unsupported database: {type(db).__name__}")
 
 
 def init_app(app: Flask) -> None:
-    """Open a connection per request and close it after, whatever happened."""
+    """Take a pooled connection per request and give it back after, whatever happened."""
 
     @app.before_request
     def _connect() -> None:

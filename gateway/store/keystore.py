@@ -16,9 +16,8 @@ from datetime import datetime
 
 from flask import Flask
 from peewee import CharField, DatabaseProxy, Model, SqliteDatabase, TextField
-from playhouse.db_url import connect
 
-from gateway.store.db import SQLITE_PRAGMAS
+from gateway.store.db import close_pool, open_database
 from gateway.store.models import UTCDateTimeField
 
 keystore = DatabaseProxy()
@@ -35,8 +34,10 @@ class SubjectKey(Model):
 
 
 def bind_keystore(url: str) -> None:
-    options = {"pragmas": SQLITE_PRAGMAS} if url.startswith("sqlite") else {}
-    keystore.initialize(connect(url, **options))
+    """Point the keystore at `url`; connections to the keystore bound before are closed."""
+    db = open_database(url)
+    close_pool(keystore)
+    keystore.initialize(db)
 
 
 def init_app(app: Flask) -> None:

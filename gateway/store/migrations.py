@@ -16,7 +16,7 @@ from peewee import IntegerField, Model
 from playhouse.migrate import SchemaMigrator, migrate
 
 from gateway.crypto import Keyring
-from gateway.store.db import database
+from gateway.store.db import database, write_transaction
 from gateway.store.keystore import create_keystore_tables, put_key
 from gateway.store.models import TABLES, BaseModel, ConsentRecord
 
@@ -75,13 +75,13 @@ def upgrade(keyring: Keyring) -> tuple[int | None, int]:
     create_keystore_tables()
     found = current_version()
     if found is None:
-        with database.atomic():
+        with write_transaction():
             database.create_tables([*TABLES, SchemaVersion])
             SchemaVersion.create(version=LATEST)
         return None, LATEST
     migrator = SchemaMigrator.from_database(database.obj)
     for version in range(found + 1, LATEST + 1):
-        with database.atomic():
+        with write_transaction():
             STEPS[version](migrator, keyring)
             database.create_tables([SchemaVersion], safe=True)
             SchemaVersion.delete().execute()

@@ -9,6 +9,8 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import reduce
+from operator import or_
 from typing import Any
 
 from gateway.crypto import Keyring, decrypt_field, encrypt_field
@@ -110,49 +112,64 @@ def holdings(subject: Subject | None) -> list[Holding]:
     """Metadata of everything held about a subject: names, types and times, no values."""
     if subject is None:
         return []
-    attributes = Attribute.select(Attribute.database, Attribute.name, Attribute.updated_at).where(
-        Attribute.subject == subject
+    attributes: Any = (
+        Attribute.select(Attribute.database, Attribute.name, Attribute.updated_at)
+        .where(Attribute.subject == subject)
+        .tuples()
     )
-    found = [Holding(a.database, HoldingKind.ATTRIBUTE, a.name, a.updated_at) for a in attributes]
-    events = Event.select(Event.database, Event.type, Event.at).where(Event.subject == subject)
-    found += [Holding(e.database, HoldingKind.EVENT, e.type, e.at) for e in events]
+    found = [Holding(db, HoldingKind.ATTRIBUTE, name, at) for db, name, at in attributes]
+    events: Any = Event.select(Event.database, Event.type, Event.at).where(Event.subject == subject)
+    found += [Holding(db, HoldingKind.EVENT, kind, at) for db, kind, at in events.tuples()]
     return found
 
 
 def read_profile(subject: Subject | None, plan: ReadPlan, keyring: Keyring) -> Profile:
-    """Read exactly what `plan` allows, decrypting sealed values."""
+    """Read exactly what `plan` allows, decrypting sealed values: one query for the allowed
+    attributes, one for the allowed events."""
     if subject is None or (not plan.attributes and not plan.events):
         return Profile()
     unseal = Unsealer(subject, keyring)
     attributes: dict[str, Scalar] = {}
-    for database, name in plan.attributes:
-        row = Attribute.get_or_none(
-            (Attribute.subject == subject)
-            & (Attribute.database == database)
-            & (Attribute.name == name)
+    if plan.attributes:
+        wanted = reduce(
+            or_, [(Attribute.database == db) & (Attribute.name == n) for db, n in plan.attributes]
         )
-        if row is not None:
-            attributes[name] = json.loads(
-                unseal(row.value, row.sealed, _attribute_context(database, name))
-            )
+        rows: Any = (
+            Attribute.select(Attribute.database, Attribute.name, Attribute.value, Attribute.sealed)
+            .where((Attribute.subject == subject) & wanted)
+            .tuples()
+        )
+        for database, name, value, sealed in rows:
+            attributes[name] = json.loads(unseal(value, sealed, _attribute_context(database, name)))
     events: list[ProfileEvent] = []
-    for database, event_type, since in plan.events:
-        rows = Event.select().where(
-            (Event.subject == subject)
-            & (Event.database == database)
-            & (Event.type == event_type)
-            & (Event.at > since)
+    if plan.events:
+        wanted = reduce(
+            or_,
+            [
+                (Event.database == db) & (Event.type == kind) & (Event.at > since)
+                for db, kind, since in plan.events
+            ],
         )
-        context = _event_context(database, event_type)
-        events += [
-            ProfileEvent(
-                row.type,
-                unseal(row.item_id, row.sealed, context),
-                unseal(row.item_category, row.sealed, context),
-                row.at,
+        event_rows: Any = (
+            Event.select(
+                Event.database,
+                Event.type,
+                Event.item_id,
+                Event.item_category,
+                Event.sealed,
+                Event.at,
             )
-            for row in rows.order_by(Event.at)
-        ]
+            .where((Event.subject == subject) & wanted)
+            .order_by(Event.at, Event._meta.primary_key)  # type: ignore[attr-defined]
+            .tuples()
+        )
+        for database, kind, item_id, category, sealed, at in event_rows:
+            context = _event_context(database, kind)
+            events.append(
+                ProfileEvent(
+                    kind, unseal(item_id, sealed, context), unseal(category, sealed, context), at
+                )
+            )
     return Profile(attributes, tuple(events))
 
 

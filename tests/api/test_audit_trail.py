@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +25,7 @@ from tests.api.test_personalize import (
     views,
 )
 from tests.conftest import Caller, verify_audit
+from tests.stores import raw
 
 RAW_ID = "raw-subject-5c2e91"
 CANDIDATES = [candidate("b-1", "books", popularity=3), candidate("s-1", "shoes")]
@@ -61,16 +59,15 @@ def client_name(app: Flask, caller: Caller) -> str:
         return str(client.name)
 
 
-def table_rows(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, read straight from the SQLite file."""
-    with closing(sqlite3.connect(db_path)) as connection:
-        tables = [
-            name
-            for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
-        ]
-        return {
-            table: connection.execute(f'SELECT * FROM "{table}"').fetchall() for table in tables
-        }
+def table_rows(app: Flask) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table of the database and of the keystore, read straight from them."""
+    found: dict[str, list[tuple[Any, ...]]] = {}
+    for store in ("DATABASE_URL", "KEYSTORE_URL"):
+        with raw(app.config, store) as connection:
+            for table in connection.tables():
+                rows = connection.execute(f'SELECT * FROM "{table}"').fetchall()
+                found[table] = [tuple(row) for row in rows]
+    return found
 
 
 def busy_history(shop: Caller, mailer: Caller, subject: str) -> int:
@@ -157,11 +154,11 @@ def test_dropped_fields_are_audited(app: Flask, shop: Caller) -> None:
 
 
 def test_raw_subject_id_never_reaches_the_audit_log(
-    app: Flask, shop: Caller, mailer: Caller, db_path: Path
+    app: Flask, shop: Caller, mailer: Caller
 ) -> None:
     busy_history(shop, mailer, RAW_ID)
 
-    rows = table_rows(db_path)
+    rows = table_rows(app)
 
     audit = rows["audit_entry"]
     assert len(audit) == len(audit_entries(app)) == 11
@@ -187,7 +184,7 @@ def test_chain_verifies_after_many_requests(app: Flask, shop: Caller, mailer: Ca
 
 @pytest.mark.parametrize("which", ["first", "middle", "last"])
 def test_editing_one_outcome_is_caught_at_its_seq(
-    app: Flask, shop: Caller, mailer: Caller, db_path: Path, which: str
+    app: Flask, shop: Caller, mailer: Caller, which: str
 ) -> None:
     busy_history(shop, mailer, RAW_ID)
     decisions = [e for e in audit_entries(app) if e.action == "decision"]
@@ -195,9 +192,8 @@ def test_editing_one_outcome_is_caught_at_its_seq(
     assert target.outcome != "allow"
     assert verification(app).ok is True
 
-    with closing(sqlite3.connect(db_path)) as connection:
+    with raw(app.config) as connection:
         connection.execute("UPDATE audit_entry SET outcome = 'allow' WHERE seq = ?", (target.seq,))
-        connection.commit()
 
     result = verification(app)
     assert result.ok is False

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from gateway.store.models import Attribute, AuditEntry, Event, Subject
 from gateway.store.profiles import read_profile
 from gateway.store.subjects import find_subject
 from tests.conftest import Caller, verify_audit
+from tests.stores import connect
 
 SUBJECT = "shopper-0193"
 CALENDAR = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -318,18 +317,58 @@ def assert_only_brand_in_clear(files: dict[str, bytes]) -> None:
     assert any(BRAND.encode() in data for data in files.values())
 
 
+def collect_pii(shop: Caller) -> None:
+    """Attributes (two of them PII), an event and a consent for PII_SUBJECT, through the API."""
+    attributes = {"email": EMAIL, "phone": PHONE, "favorite_brand": BRAND}
+    result = ok(patch_attributes(shop, "crm", attributes, subject=PII_SUBJECT))
+    assert result["accepted"] == ["email", "favorite_brand", "phone"]
+    ok(post_events(shop, "shop_events", [event("view")], subject=PII_SUBJECT))
+    consent = {"granted": True, "source": "web", "notice_version": "1"}
+    path = f"/v1/subjects/{PII_SUBJECT}/consents/recommendations"
+    assert shop.put(path, consent).status_code == 200
+
+
+def stored_text(url: str) -> dict[str, bytes]:
+    """Every stored value of every table of the database at `url`, one per line, by table."""
+    found: dict[str, bytes] = {}
+    with connect(url) as db:
+        for table in db.tables():
+            rows = db.execute(f"SELECT * FROM {table}").fetchall()
+            values = [value for row in rows for value in row]
+            found[table] = b"\n".join(
+                bytes(v) if isinstance(v, bytes | memoryview) else str(v).encode() for v in values
+            )
+    return found
+
+
+def test_pii_and_subject_ids_never_reach_any_stored_row(app: Flask, shop: Caller) -> None:
+    collect_pii(shop)
+
+    stored = {
+        f"{store}:{table}": text
+        for store in ("DATABASE_URL", "KEYSTORE_URL")
+        for table, text in stored_text(app.config[store]).items()
+    }
+
+    # The scan reads the rows the requests wrote: the plain preference is there, by pseudonym.
+    assert BRAND.encode() in stored["DATABASE_URL:attribute"]
+    with app.app_context():
+        pseudonym = keyring().pseudonym(PII_SUBJECT).encode()
+    for table in ("subject", "audit_entry"):
+        assert pseudonym in stored[f"DATABASE_URL:{table}"]
+    assert pseudonym in stored["KEYSTORE_URL:subject_key"]
+    assert b"sku-1" in stored["DATABASE_URL:event"]
+    assert b"recommendations" in stored["DATABASE_URL:consent_record"]
+    assert_only_brand_in_clear(stored)
+
+
+@pytest.mark.sqlite
 def test_pii_and_subject_ids_never_reach_the_database_files(shop: Caller, db_path: Path) -> None:
     # A second connection held open keeps the WAL file alive after each request's connection
     # closes, so the bytes can be read both before and after a checkpoint.
-    with closing(sqlite3.connect(db_path)) as watcher:
+    with connect(f"sqlite:///{db_path}") as watcher:
         watcher.execute("SELECT count(*) FROM subject").fetchone()
-        attributes = {"email": EMAIL, "phone": PHONE, "favorite_brand": BRAND}
-        result = ok(patch_attributes(shop, "crm", attributes, subject=PII_SUBJECT))
-        assert result["accepted"] == ["email", "favorite_brand", "phone"]
-        ok(post_events(shop, "shop_events", [event("view")], subject=PII_SUBJECT))
-        consent = {"granted": True, "source": "web", "notice_version": "1"}
-        path = f"/v1/subjects/{PII_SUBJECT}/consents/recommendations"
-        assert shop.put(path, consent).status_code == 200
+        collect_pii(shop)
 
         before = database_bytes(db_path)
         assert BRAND.encode() in before[f"{db_path.name}-wal"], "the writes sit in the WAL"

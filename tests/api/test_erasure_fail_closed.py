@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
-from pathlib import Path
-
 from flask import Flask
 
 from gateway import keyring
 from gateway.store.db import database
 from gateway.store.keystore import wrapped_key
 from gateway.store.models import Attribute
+from tests.api.test_personalize import break_audit, repair_audit
 from tests.conftest import Caller
 
-AUDIT_DOWN = (
-    "CREATE TRIGGER audit_down BEFORE INSERT ON audit_entry "
-    "BEGIN SELECT RAISE(ABORT, 'audit down'); END"
-)
 
-
-def test_a_failed_audit_leaves_the_data_and_the_key(
-    app: Flask, admin: Caller, db_path: Path
-) -> None:
+def test_a_failed_audit_leaves_the_data_and_the_key(app: Flask, admin: Caller) -> None:
     body = {"database": "crm", "attributes": {"email": "e@example.com", "favorite_brand": "acme"}}
     assert admin.patch("/v1/subjects/erin/attributes", body).status_code == 200
-    with closing(sqlite3.connect(db_path)) as connection, connection:
-        connection.execute(AUDIT_DOWN)
+    break_audit(app)
 
     response = admin.request("DELETE", "/v1/subjects/erin")
 
@@ -36,8 +25,7 @@ def test_a_failed_audit_leaves_the_data_and_the_key(
         assert wrapped_key(keyring().pseudonym("erin")) is not None
         assert Attribute.select().count() == 2
 
-    with closing(sqlite3.connect(db_path)) as connection, connection:
-        connection.execute("DROP TRIGGER audit_down")
+    repair_audit(app)
     retried = admin.request("DELETE", "/v1/subjects/erin")
 
     assert retried.status_code == 200

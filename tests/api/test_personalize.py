@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from gateway import scoring
 from gateway.store.db import database
 from gateway.store.models import Attribute, AuditEntry, ConsentRecord, Event, Subject
 from tests.conftest import Caller
+from tests.stores import raw
 
 # The demo registrations have review dates, so every test runs on a known calendar day:
 # shop_events and crm are active then, mobile_location (review_by 2025-12-31) is not.
@@ -630,26 +630,64 @@ def test_limit_truncates_and_ties_keep_caller_order(
 
 # --- fail closed -------------------------------------------------------------------------------
 
-TRIGGER = (
-    "CREATE TRIGGER audit_down BEFORE INSERT ON audit_entry "
-    "BEGIN SELECT RAISE(ABORT, 'audit down'); END"
+# An audit table that refuses every insert, as a full disk or a lost replica would: a trigger
+# that raises, written for the backend the app's database is on.
+AUDIT_DOWN = {
+    "sqlite": [
+        "CREATE TRIGGER audit_down BEFORE INSERT ON audit_entry "
+        "BEGIN SELECT RAISE(ABORT, 'audit down'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION audit_down() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$ BEGIN RAISE EXCEPTION 'audit down'; END $$",
+        "CREATE TRIGGER audit_down BEFORE INSERT ON audit_entry "
+        "FOR EACH ROW EXECUTE FUNCTION audit_down()",
+    ],
+}
+AUDIT_UP = {
+    "sqlite": ["DROP TRIGGER audit_down"],
+    "postgresql": ["DROP TRIGGER audit_down ON audit_entry", "DROP FUNCTION audit_down()"],
+}
+LEAKS = (
+    "traceback",
+    "audit down",
+    "insert",
+    "audit_entry",
+    "trigger",
+    "sqlite",
+    "integrityerror",
+    "postgres",
+    "psycopg",
+    "plpgsql",
+    "raiseexception",
+    "internalerror",
 )
-LEAKS = ("traceback", "audit down", "insert", "audit_entry", "sqlite", "integrityerror")
 
 
-def run_sql(db_path: Path, sql: str) -> None:
-    with closing(sqlite3.connect(db_path)) as connection:
-        connection.execute(sql)
-        connection.commit()
+def _run_statements(app: Flask, statements: dict[str, list[str]]) -> None:
+    with raw(app.config) as db:
+        for sql in statements["postgresql" if db.postgres else "sqlite"]:
+            db.execute(sql)
 
 
-def break_audit(db_path: Path) -> None:
-    """Make the audit table refuse every insert, as a full disk or a lost replica would."""
-    run_sql(db_path, TRIGGER)
+def break_audit(app: Flask) -> None:
+    """Make the app's audit table refuse every insert (SQLite or PostgreSQL trigger)."""
+    _run_statements(app, AUDIT_DOWN)
 
 
-def repair_audit(db_path: Path) -> None:
-    run_sql(db_path, "DROP TRIGGER audit_down")
+def repair_audit(app: Flask) -> None:
+    """Drop what `break_audit` created, so inserts succeed again."""
+    _run_statements(app, AUDIT_UP)
+
+
+@contextmanager
+def audit_down(app: Flask) -> Iterator[None]:
+    """The audit table refuses every insert inside the block."""
+    break_audit(app)
+    try:
+        yield
+    finally:
+        repair_audit(app)
 
 
 def assert_audit_unavailable(response: Any) -> None:
@@ -664,21 +702,21 @@ def assert_audit_unavailable(response: Any) -> None:
 
 
 def test_personalize_fails_closed_when_the_audit_cannot_be_written(
-    app: Flask, shop: Caller, db_path: Path
+    app: Flask, shop: Caller
 ) -> None:
     set_consent(shop, "recommendations")
     collect(shop, "shop_events", views("shoes", 2, datetime.now(UTC)))
     entries = count_rows(app, AuditEntry)
-    break_audit(db_path)
 
-    response = shop.post(
-        "/v1/personalize",
-        json={
-            "subject_id": SUBJECT,
-            "purpose": "recommendations",
-            "candidates": [candidate("s-1", "shoes")],
-        },
-    )
+    with audit_down(app):
+        response = shop.post(
+            "/v1/personalize",
+            json={
+                "subject_id": SUBJECT,
+                "purpose": "recommendations",
+                "candidates": [candidate("s-1", "shoes")],
+            },
+        )
 
     assert_audit_unavailable(response)
     body = response.get_json()
@@ -688,9 +726,9 @@ def test_personalize_fails_closed_when_the_audit_cannot_be_written(
 
 
 def test_consent_change_is_not_stored_when_the_audit_cannot_be_written(
-    app: Flask, shop: Caller, db_path: Path
+    app: Flask, shop: Caller
 ) -> None:
-    break_audit(db_path)
+    break_audit(app)
 
     response = shop.put(
         f"/v1/subjects/{SUBJECT}/consents/recommendations", json={"granted": True, **NOTICE}
@@ -699,7 +737,7 @@ def test_consent_change_is_not_stored_when_the_audit_cannot_be_written(
     assert_audit_unavailable(response)
     assert (count_rows(app, ConsentRecord), count_rows(app, Subject)) == (0, 0)
     assert count_rows(app, AuditEntry) == 0
-    repair_audit(db_path)
+    repair_audit(app)
     state = shop.get(f"/v1/subjects/{SUBJECT}/consents").get_json()
     assert [(p["purpose"], p["state"], p["history"]) for p in state["purposes"]] == [
         ("recommendations", "never_asked", []),
@@ -711,15 +749,16 @@ def test_consent_change_is_not_stored_when_the_audit_cannot_be_written(
 
 @pytest.mark.parametrize("kind", ["events", "attributes"])
 def test_collection_stores_nothing_when_the_audit_cannot_be_written(
-    app: Flask, shop: Caller, db_path: Path, kind: str
+    app: Flask, shop: Caller, kind: str
 ) -> None:
-    break_audit(db_path)
-    if kind == "events":
-        body = {"database": "shop_events", "events": views("shoes", 3, datetime.now(UTC))}
-        response = shop.post(f"/v1/subjects/{SUBJECT}/events", json=body)
-    else:
-        body = {"database": "crm", "attributes": {"favorite_brand": "acme"}}
-        response = shop.patch(f"/v1/subjects/{SUBJECT}/attributes", json=body)
+    body: Json
+    with audit_down(app):
+        if kind == "events":
+            body = {"database": "shop_events", "events": views("shoes", 3, datetime.now(UTC))}
+            response = shop.post(f"/v1/subjects/{SUBJECT}/events", json=body)
+        else:
+            body = {"database": "crm", "attributes": {"favorite_brand": "acme"}}
+            response = shop.patch(f"/v1/subjects/{SUBJECT}/attributes", json=body)
 
     assert_audit_unavailable(response)
     assert (count_rows(app, Event), count_rows(app, Attribute)) == (0, 0)

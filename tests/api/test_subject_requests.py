@@ -1,7 +1,8 @@
 """Data-subject requests: access (everything held, decrypted) and erasure (crypto-shredded).
 
 A subject and a bystander are seeded through the API; what an erasure leaves behind is read
-from the SQLite files themselves (rows, raw bytes, WAL) and from copies taken before it.
+from the stored rows of both databases (SQLite or PostgreSQL) and from copies taken before it;
+on SQLite also from the files themselves (raw bytes, WAL).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from typing import Any
 import pytest
 import time_machine
 from flask import Flask
+from playhouse.db_url import parse
 
 from gateway import keyring
 from gateway.crypto import KeyringError, canonical_json, decrypt_field, verify_signature
 from gateway.store.db import database
 from gateway.store.keystore import keystore, wrapped_key
 from gateway.store.models import AuditEntry, Subject
-from tests.conftest import Caller, sqlite_file, verify_audit
+from tests.conftest import Caller, verify_audit
+from tests.stores import POSTGRES, connect, raw
 
 SUBJECT = "erasable-4418"
 BYSTANDER = "bystander-0007"
@@ -53,8 +56,10 @@ SUBJECT_ACTIONS = {
     "decision",
 }
 FILES = ("gateway.db", "gateway.db-wal", "keys.db", "keys.db-wal")
+STORES = ("DATABASE_URL", "KEYSTORE_URL")
 
 Json = dict[str, Any]
+Rows = dict[str, list[dict[str, Any]]]  # every row of every table of one database
 
 
 @pytest.fixture(autouse=True)
@@ -167,54 +172,98 @@ HOLDINGS_SQL = {
 }
 
 
-def rows_of(path: Path, pseudonym: str) -> dict[str, list[tuple[Any, ...]]]:
+def rows_of(app: Flask, pseudonym: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row held about a pseudonym, in full."""
-    with sqlite_file(path) as connection:
+    with raw(app.config) as db:
         return {
-            name: connection.execute(sql, (pseudonym,)).fetchall()
+            name: [tuple(row) for row in db.execute(sql, (pseudonym,)).fetchall()]
             for name, sql in HOLDINGS_SQL.items()
         }
 
 
-def totals(path: Path) -> dict[str, int]:
-    with sqlite_file(path) as connection:
+def totals(app: Flask) -> dict[str, int]:
+    with raw(app.config) as db:
         return {
-            table: connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             for table in ("subject", "attribute", "event", "consent_record")
         }
 
 
 def fold_wal(path: Path) -> None:
-    with sqlite_file(path) as connection:
-        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    """Checkpoint a SQLite file's write-ahead log into the file and empty it."""
+    with connect(f"sqlite:///{path}") as db:
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     assert busy == 0
 
 
 def stored_bytes(app: Flask) -> dict[str, bytes]:
-    """The raw bytes of both databases and their write-ahead logs."""
+    """The raw bytes of both SQLite databases and their write-ahead logs."""
     return {
         name: (home(app) / name).read_bytes() if (home(app) / name).exists() else b""
         for name in FILES
     }
 
 
-def sealed_values(path: Path, pseudonym: str) -> dict[str, str]:
-    """The subject's encrypted attribute values as stored in a copy of the main database."""
+def snapshot(url: str) -> Rows:
+    """A copy of every row of every table of the database at `url`, as column -> value."""
+    with connect(url) as db:
+        copied: Rows = {}
+        for table in db.tables():
+            cursor = db.execute(f"SELECT * FROM {table}")
+            names = [column[0] for column in cursor.description]
+            copied[table] = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return copied
+
+
+def stored_rows(app: Flask) -> dict[str, Rows]:
+    """Every row of both of the app's databases, the main one and the keystore."""
+    return {store: snapshot(app.config[store]) for store in STORES}
+
+
+def as_text(value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode()
+
+
+def row_text(rows: list[dict[str, Any]]) -> bytes:
+    """A table's stored values, one per line, as the scan reads them."""
+    return b"\n".join(as_text(value) for row in rows for value in row.values())
+
+
+def sealed_in(rows: Rows, pseudonym: str) -> dict[str, str]:
+    """The subject's encrypted attribute values in a copy of the main database's rows."""
+    [subject] = [row["id"] for row in rows["subject"] if row["pseudonym"] == pseudonym]
+    return {
+        row["name"]: row["value"]
+        for row in rows["attribute"]
+        if row["subject_id"] == subject and row["sealed"]
+    }
+
+
+def sealed_values(url: str, pseudonym: str) -> dict[str, str]:
+    """The subject's encrypted attribute values as stored in the database at `url`."""
     sql = (
         "SELECT a.name, a.value FROM attribute a JOIN subject s ON s.id = a.subject_id"
         " WHERE s.pseudonym = ? AND a.sealed"
     )
-    with sqlite_file(path) as connection:
-        return dict(connection.execute(sql, (pseudonym,)).fetchall())
+    with connect(url) as db:
+        return {name: value for name, value in db.execute(sql, (pseudonym,)).fetchall()}
 
 
-def backed_up_key(path: Path, pseudonym: str) -> str:
-    with sqlite_file(path) as connection:
-        row = connection.execute(
+def backed_up_key(url: str, pseudonym: str) -> str:
+    with connect(url) as db:
+        row = db.execute(
             "SELECT wrapped_key FROM subject_key WHERE pseudonym = ?", (pseudonym,)
         ).fetchone()
     assert row is not None
     return str(row[0])
+
+
+def keystore_keys(app: Flask) -> list[str]:
+    """Every wrapped key left in the live keystore database."""
+    with raw(app.config, "KEYSTORE_URL") as db:
+        return [row[0] for row in db.execute("SELECT wrapped_key FROM subject_key")]
 
 
 def unseal(app: Flask, wrapped: str, sealed: dict[str, str]) -> dict[str, Any]:
@@ -292,10 +341,10 @@ def test_an_export_carries_the_consent_history_with_receipts_that_verify(
 
 @pytest.mark.parametrize("role", ["auditor", "admin"])
 def test_an_unknown_subject_exports_empty_lists(
-    app: Flask, seeded: list[Json], db_path: Path, request: pytest.FixtureRequest, role: str
+    app: Flask, seeded: list[Json], request: pytest.FixtureRequest, role: str
 ) -> None:
     caller: Caller = request.getfixturevalue(role)
-    before = totals(db_path)
+    before = totals(app)
 
     body = export(caller, "never-seen-9")
 
@@ -306,7 +355,7 @@ def test_an_unknown_subject_exports_empty_lists(
         "subject.export",
         pseudonym_of(app, "never-seen-9"),
     )
-    assert totals(db_path) == before
+    assert totals(app) == before
     assert verify_audit(app).ok
 
 
@@ -328,19 +377,19 @@ def test_an_app_client_may_not_export(
 
 
 def test_erasure_deletes_the_subject_keeps_the_bystander_and_the_pseudonymous_audit(
-    app: Flask, seeded: list[Json], admin: Caller, auditor: Caller, db_path: Path
+    app: Flask, seeded: list[Json], admin: Caller, auditor: Caller
 ) -> None:
     pseudonym, bystander = pseudonym_of(app, SUBJECT), pseudonym_of(app, BYSTANDER)
-    bystander_rows, bystander_key = rows_of(db_path, bystander), key_of(app, BYSTANDER)
+    bystander_rows, bystander_key = rows_of(app, bystander), key_of(app, BYSTANDER)
     entries_before = [e.hash for e in about(app, SUBJECT)]
-    assert {len(rows) for rows in rows_of(db_path, pseudonym).values()} == {1, 3}
+    assert {len(rows) for rows in rows_of(app, pseudonym).values()} == {1, 3}
 
     body = ok(erase(admin))
 
     assert body == {"subject_id": SUBJECT, "erased": True, "key_destroyed": True, "deleted": HELD}
-    assert rows_of(db_path, pseudonym) == {name: [] for name in HOLDINGS_SQL}
-    assert rows_of(db_path, bystander) == bystander_rows
-    assert totals(db_path) == {"subject": 1, "attribute": 3, "event": 3, "consent_record": 3}
+    assert rows_of(app, pseudonym) == {name: [] for name in HOLDINGS_SQL}
+    assert rows_of(app, bystander) == bystander_rows
+    assert totals(app) == {"subject": 1, "attribute": 3, "event": 3, "consent_record": 3}
     assert key_of(app, SUBJECT) is None
     assert key_of(app, BYSTANDER) == bystander_key is not None
     after = about(app, SUBJECT)
@@ -365,6 +414,43 @@ def assert_nothing_plain(stored: dict[str, bytes]) -> None:
             assert secret.encode() not in data, (name, secret)
 
 
+def assert_no_row_plain(stored: dict[str, Rows]) -> None:
+    """No PII value of either subject, and neither raw id, in any stored row of either database."""
+    texts = {
+        (store, table): row_text(rows)
+        for store, tables in stored.items()
+        for table, rows in tables.items()
+    }
+    # The scan sees stored text: the bystander's plain (non-PII) preference is in there.
+    assert BRANDS[BYSTANDER].encode() in texts["DATABASE_URL", "attribute"]
+    secrets = [*VALUES[SUBJECT].values(), *VALUES[BYSTANDER].values(), SUBJECT, BYSTANDER]
+    for where, text in texts.items():
+        for secret in secrets:
+            assert secret.encode() not in text, (where, secret)
+
+
+def test_no_plaintext_pii_or_raw_id_is_in_any_stored_row_before_or_after_erasure(
+    app: Flask, seeded: list[Json], admin: Caller
+) -> None:
+    pseudonym = pseudonym_of(app, SUBJECT)
+    before = stored_rows(app)
+    held = {table: len(rows) for table, rows in before["DATABASE_URL"].items()}
+    assert held["subject"] == 2 and held["attribute"] == held["event"] == 6
+    assert held["consent_record"] == 6 and held["audit_entry"] == 12 and held["api_client"] == 2
+    assert len(before["KEYSTORE_URL"]["subject_key"]) == 2
+    assert pseudonym.encode() in row_text(before["KEYSTORE_URL"]["subject_key"])
+    assert_no_row_plain(before)
+
+    ok(erase(admin))
+
+    after = stored_rows(app)
+    assert len(after["KEYSTORE_URL"]["subject_key"]) == 1
+    # The pseudonymous trail stays readable, and the scan reads it.
+    assert pseudonym.encode() in row_text(after["DATABASE_URL"]["audit_entry"])
+    assert_no_row_plain(after)
+
+
+@pytest.mark.sqlite
 @pytest.mark.parametrize("keep_wal", [True, False], ids=["wal_held_open", "wal_folded"])
 def test_no_plaintext_pii_or_raw_id_is_in_the_files_before_or_after_erasure(
     app: Flask, seeded: list[Json], admin: Caller, keep_wal: bool
@@ -373,7 +459,7 @@ def test_no_plaintext_pii_or_raw_id_is_in_the_files_before_or_after_erasure(
         if keep_wal:
             # A second connection keeps SQLite from folding and removing the WAL on close.
             for name in ("gateway.db", "keys.db"):
-                connection = stack.enter_context(sqlite_file(home(app) / name))
+                connection = stack.enter_context(connect(f"sqlite:///{home(app) / name}"))
                 connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
         assert_nothing_plain(stored_bytes(app))
 
@@ -391,20 +477,62 @@ def test_no_plaintext_pii_or_raw_id_is_in_the_files_before_or_after_erasure(
 
 @pytest.mark.parametrize("role", ["auditor", "shop", "mailer"])
 def test_only_an_admin_may_erase(
-    app: Flask, seeded: list[Json], db_path: Path, request: pytest.FixtureRequest, role: str
+    app: Flask, seeded: list[Json], request: pytest.FixtureRequest, role: str
 ) -> None:
     caller: Caller = request.getfixturevalue(role)
     pseudonym = pseudonym_of(app, SUBJECT)
-    rows, key, before = rows_of(db_path, pseudonym), key_of(app, SUBJECT), len(audit_entries(app))
+    rows, key, before = rows_of(app, pseudonym), key_of(app, SUBJECT), len(audit_entries(app))
 
     response = erase(caller)
 
     assert response.status_code == 403
-    assert (rows_of(db_path, pseudonym), key_of(app, SUBJECT)) == (rows, key)
+    assert (rows_of(app, pseudonym), key_of(app, SUBJECT)) == (rows, key)
     assert key is not None
     assert len(audit_entries(app)) == before
 
 
+def test_a_copy_of_the_rows_taken_before_erasure_cannot_be_read_for_the_subject_afterwards(
+    app: Flask, seeded: list[Json], admin: Caller
+) -> None:
+    main, keys = app.config["DATABASE_URL"], app.config["KEYSTORE_URL"]
+    if POSTGRES:
+        # On PostgreSQL the keystore is a database of its own, not a schema beside the tables.
+        assert parse(keys)["database"] != parse(main)["database"]
+    copy, keys_copy = snapshot(main), snapshot(keys)  # the backups, taken before the erasure
+    assert "subject_key" not in copy and set(keys_copy) == {"subject_key"}
+    pseudonym = pseudonym_of(app, SUBJECT)
+    sealed = sealed_in(copy, pseudonym)
+    assert set(sealed) == {"email", "phone"}
+    assert all(VALUES[SUBJECT][name] not in token for name, token in sealed.items())
+    live_key = key_of(app, SUBJECT)
+    assert live_key is not None
+    assert unseal(app, live_key, sealed) == VALUES[SUBJECT]
+    # The main database's rows hold no key to their own ciphertext.
+    assert all(live_key.encode() not in row_text(rows) for rows in copy.values())
+
+    ok(erase(admin))
+
+    # With the keyring and the keystore database as they are now, no key opens the copy.
+    assert key_of(app, SUBJECT) is None
+    remaining = keystore_keys(app)
+    assert remaining == [key_of(app, BYSTANDER)]
+    for wrapped in remaining:
+        with pytest.raises(KeyringError):
+            unseal(app, wrapped, sealed)
+    assert sealed_in(copy, pseudonym) == sealed  # the copy itself is intact
+    # Only a copy of the keystore from before the erasure would still read it: the checks above
+    # would fail if erasure left the key behind.
+    [old_key] = [
+        row["wrapped_key"] for row in keys_copy["subject_key"] if row["pseudonym"] == pseudonym
+    ]
+    assert old_key == live_key
+    assert unseal(app, old_key, sealed) == VALUES[SUBJECT]
+    for store, tables in stored_rows(app).items():
+        for table, rows in tables.items():
+            assert old_key.encode() not in row_text(rows), (store, table)
+
+
+@pytest.mark.sqlite
 def test_a_backup_taken_before_erasure_cannot_be_read_for_the_subject_afterwards(
     app: Flask, seeded: list[Json], admin: Caller, tmp_path: Path
 ) -> None:
@@ -414,7 +542,7 @@ def test_a_backup_taken_before_erasure_cannot_be_read_for_the_subject_afterwards
         fold_wal(home(app) / name)
         shutil.copy2(home(app) / name, backup / name)
     pseudonym = pseudonym_of(app, SUBJECT)
-    sealed = sealed_values(backup / "gateway.db", pseudonym)
+    sealed = sealed_values(f"sqlite:///{backup / 'gateway.db'}", pseudonym)
     assert set(sealed) == {"email", "phone"}
     assert all(VALUES[SUBJECT][name] not in token for name, token in sealed.items())
     live_key = key_of(app, SUBJECT)
@@ -425,15 +553,14 @@ def test_a_backup_taken_before_erasure_cannot_be_read_for_the_subject_afterwards
 
     # With the keyring and the keystore as they are now, no key opens the backup's values.
     assert key_of(app, SUBJECT) is None
-    with sqlite_file(home(app) / "keys.db") as connection:
-        remaining = [row[0] for row in connection.execute("SELECT wrapped_key FROM subject_key")]
+    remaining = keystore_keys(app)
     assert remaining == [key_of(app, BYSTANDER)]
     for wrapped in remaining:
         with pytest.raises(KeyringError):
             unseal(app, wrapped, sealed)
     # Only a copy of keys.db from before the erasure would still read the backup: the test
     # above would fail if erasure left the key behind.
-    old_key = backed_up_key(backup / "keys.db", pseudonym)
+    old_key = backed_up_key(f"sqlite:///{backup / 'keys.db'}", pseudonym)
     assert old_key == live_key
     assert unseal(app, old_key, sealed) == VALUES[SUBJECT]
     for name in ("keys.db", "keys.db-wal"):
@@ -452,14 +579,13 @@ def test_erasure_is_idempotent_and_always_audited(
     app: Flask,
     shop: Caller,
     admin: Caller,
-    db_path: Path,
     known: bool,
     outcomes: list[tuple[dict[str, int], bool]],
 ) -> None:
     seed(shop, BYSTANDER)
     if known:
         seed(shop, SUBJECT)
-    bystander = rows_of(db_path, pseudonym_of(app, BYSTANDER))
+    bystander = rows_of(app, pseudonym_of(app, BYSTANDER))
 
     for deleted, destroyed in outcomes:
         before = len(audit_entries(app))
@@ -478,17 +604,17 @@ def test_erasure_is_idempotent_and_always_audited(
         )
         assert json.loads(entry.fields) == {"deleted": deleted, "key_destroyed": destroyed}
 
-    assert rows_of(db_path, pseudonym_of(app, BYSTANDER)) == bystander
-    assert totals(db_path)["subject"] == 1
+    assert rows_of(app, pseudonym_of(app, BYSTANDER)) == bystander
+    assert totals(app)["subject"] == 1
     assert verify_audit(app).ok
 
 
 def test_after_erasure_the_subject_falls_back_and_starts_over_with_a_fresh_key(
-    app: Flask, seeded: list[Json], shop: Caller, admin: Caller, db_path: Path
+    app: Flask, seeded: list[Json], shop: Caller, admin: Caller
 ) -> None:
     pseudonym = pseudonym_of(app, SUBJECT)
     old_key = key_of(app, SUBJECT)
-    old_sealed = sealed_values(db_path, pseudonym)
+    old_sealed = sealed_values(app.config["DATABASE_URL"], pseudonym)
     ok(erase(admin))
 
     decision = personalize(shop, SUBJECT)
@@ -501,7 +627,7 @@ def test_after_erasure_the_subject_falls_back_and_starts_over_with_a_fresh_key(
     assert new_key is not None and old_key is not None and new_key != old_key
     with app.app_context():
         assert keyring().unwrap_key(new_key) != keyring().unwrap_key(old_key)
-    assert set(sealed_values(db_path, pseudonym)) == {"email"}
+    assert set(sealed_values(app.config["DATABASE_URL"], pseudonym)) == {"email"}
     with pytest.raises(KeyringError):
         unseal(app, new_key, old_sealed)
     fresh = export(admin)

@@ -1,17 +1,16 @@
-"""Shared by the audit tests: a real history written through the API, and the raw SQLite rows.
+"""Shared by the audit tests: a real history written through the API, and the raw stored rows.
 
 template = build_template(home, 25, checkpoint_every=5)   # once per module: 25 entries
-shutil.copytree(template.home, tmp_path / "instance")      # then a private copy per test
-with sqlite(db_path) as connection:      # edit the stored log behind the gateway's back
+copy_template(template, make_app, home)                    # then a private copy per test
+with raw(app.config) as connection:      # edit the stored log behind the gateway's back
     ...
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,10 +21,11 @@ from flask import Flask
 
 from gateway import create_app
 from gateway.cli import initialize
+from gateway.store import close_connections
 from gateway.store.clients import Role, create_client
 from gateway.store.db import database
-from gateway.store.keystore import close_keystore
 from tests.conftest import ROOT, Caller
+from tests.stores import Raw, Settings, copy_rows, new_store, raw
 
 # The demo registrations have review dates: on this day shop_events and crm are active.
 CALENDAR = datetime(2026, 6, 1, tzinfo=UTC)
@@ -103,20 +103,23 @@ def register_callers(app: Flask) -> dict[str, Caller]:
 
 @dataclass(frozen=True)
 class Template:
-    """An instance folder holding a history, and the keys of its clients."""
+    """An instance folder and databases holding a history, and the keys of its clients."""
 
     home: Path
+    store: Settings
     keys: dict[str, str]
 
 
 def build_template(home: Path, count: int, checkpoint_every: int) -> Template:
     """Write a history of `count` entries through the API once, for tests to copy."""
+    store = new_store(home)
     config = {
         "TESTING": True,
         "HOME": str(home),
         "POLICIES": str(ROOT / "policies"),
         "REGISTRY": str(ROOT / "registry"),
         "AUDIT_CHECKPOINT_EVERY": checkpoint_every,
+        **store,
     }
     app = create_app(config)
     with time_machine.travel(CALENDAR, tick=True):
@@ -124,22 +127,22 @@ def build_template(home: Path, count: int, checkpoint_every: int) -> Template:
             initialize(app)
         callers = register_callers(app)
         build_history(callers["shop"], callers["mailer"], count)
-    if not database.is_closed():
-        database.close()
-    close_keystore()
-    return Template(home, {name: caller.key for name, caller in callers.items()})
+    close_connections()
+    return Template(home, store, {name: caller.key for name, caller in callers.items()})
 
 
-@contextmanager
-def sqlite(db_path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to the gateway's file, committed on a clean exit."""
-    with closing(sqlite3.connect(db_path)) as connection:
-        connection.row_factory = sqlite3.Row
-        with connection:
-            yield connection
+def copy_template(
+    template: Template, make_app: Callable[..., Flask], home: Path, **settings: Any
+) -> Flask:
+    """A new app in `home` over a private copy of the template: its keyring and every row."""
+    home.mkdir(parents=True)
+    shutil.copy(template.home / "keyring.json", home / "keyring.json")
+    app = make_app(HOME=str(home), **settings)
+    copy_rows(template.store, app.config)
+    return app
 
 
-def entry(connection: sqlite3.Connection, seq: int) -> Json:
+def entry(connection: Raw, seq: int) -> Json:
     """One stored entry as the body its hash covers (reasons and fields parsed)."""
     row = connection.execute("SELECT * FROM audit_entry WHERE seq = ?", (seq,)).fetchone()
     assert row is not None, f"no entry {seq}"
@@ -148,13 +151,13 @@ def entry(connection: sqlite3.Connection, seq: int) -> Json:
     return body
 
 
-def entries(db_path: Path) -> list[Json]:
-    with sqlite(db_path) as connection:
+def entries(app: Flask) -> list[Json]:
+    with raw(app.config) as connection:
         seqs = [row[0] for row in connection.execute("SELECT seq FROM audit_entry ORDER BY seq")]
         return [entry(connection, seq) for seq in seqs]
 
 
-def checkpoints(db_path: Path) -> list[Json]:
-    with sqlite(db_path) as connection:
+def checkpoints(app: Flask) -> list[Json]:
+    with raw(app.config) as connection:
         rows = connection.execute("SELECT * FROM audit_checkpoint ORDER BY seq").fetchall()
         return [{k: row[k] for k in row.keys() if k != "id"} for row in rows]

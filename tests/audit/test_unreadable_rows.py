@@ -1,4 +1,7 @@
-"""A stored row edited into a value its column type cannot hold fails verification, never a 500."""
+"""A stored row edited into a value its column type cannot hold fails verification, never a 500.
+
+Only SQLite lets a column hold a value of another type, so these tests run on SQLite.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import pytest
 from tests.conftest import Caller
 
 
+@pytest.mark.sqlite
 @pytest.mark.parametrize(
     "tampering",
     [

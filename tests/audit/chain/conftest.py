@@ -3,7 +3,6 @@ every test works on its own copy of that instance, as the callers who wrote it."
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,9 @@ import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.audit import CALENDAR, Template, build_template
+from tests.audit import CALENDAR, Template, build_template, copy_template
 from tests.conftest import Caller
+from tests.stores import drop_store
 
 
 @pytest.fixture(autouse=True)
@@ -25,15 +25,19 @@ def _calendar() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Template:
+def template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Template]:
     module = request.module
-    return build_template(tmp_path_factory.mktemp("template"), module.TOTAL, module.EVERY)
+    built = build_template(tmp_path_factory.mktemp("template"), module.TOTAL, module.EVERY)
+    yield built
+    drop_store(built.store)
 
 
 @pytest.fixture
 def app(request: pytest.FixtureRequest, make_app: Any, tmp_path: Path, template: Template) -> Flask:
-    shutil.copytree(template.home, tmp_path / "instance")
-    return make_app(AUDIT_CHECKPOINT_EVERY=request.module.EVERY)  # type: ignore[no-any-return]
+    home = tmp_path / "instance"
+    return copy_template(template, make_app, home, AUDIT_CHECKPOINT_EVERY=request.module.EVERY)
 
 
 @pytest.fixture

@@ -109,7 +109,7 @@ def test_an_http_export_verifies_offline(
 
     lines = http_export(caller, fmt)
 
-    stored = entries(Path(app.config["HOME"]) / "gateway.db")
+    stored = entries(app)
     exported = [r for r in records(lines) if r["record"] == "entry"]
     assert [{k: v for k, v in r.items() if k != "record"} for r in exported] == stored
     assert len(stored) == TOTAL + 1
@@ -409,7 +409,7 @@ def test_a_time_window_exports_a_contiguous_linked_range(
 
     lines = export_window(via, auditor, runner, tmp_path / f"audit.{fmt}", fmt, since, until)
 
-    stored = entries(Path(app.config["HOME"]) / "gateway.db")
+    stored = entries(app)
     low, high = timestamp(since) if since else "", timestamp(until) if until else "~"
     expected = [e for e in stored if low <= e["at"] < high]
     assert len(expected) == window[2]
@@ -431,7 +431,7 @@ def test_a_time_window_exports_a_contiguous_linked_range(
         assert header["first_seq"] == expected[0]["seq"]
         assert header["anchor"] == exported[0]["prev_hash"] == before
         assert footer["last_hash"] == expected[-1]["hash"]
-        signed = {c["seq"] for c in checkpoints(Path(app.config["HOME"]) / "gateway.db")}
+        signed = {c["seq"] for c in checkpoints(app)}
         in_range = sorted(signed & {e["seq"] for e in expected})
         assert [r["seq"] for r in found if r["record"] == "checkpoint"] == in_range
     else:
@@ -470,11 +470,11 @@ def test_each_export_is_audited_naming_the_actor_and_window(
     since = CALENDAR - HOUR if windowed else None
     until = CALENDAR + 5 * HOUR if windowed else None
     path = tmp_path / f"audit.{fmt}"
-    before = entries(Path(app.config["HOME"]) / "gateway.db")
+    before = entries(app)
 
     lines = export_window(via, auditor, runner, path, fmt, since, until)
 
-    after = entries(Path(app.config["HOME"]) / "gateway.db")
+    after = entries(app)
     assert after[:-1] == before
     recorded = after[-1]
     window = {

@@ -1,18 +1,19 @@
 """Tampering with the stored audit log is named at the exact seq, over HTTP and by the CLI.
 
 Each test writes a real chain through the API (a checkpoint every 5 entries), then edits the
-SQLite file directly, the way someone with access to the database but not the signing key could.
+stored rows directly (SQLite or PostgreSQL), the way someone with access to the database but not
+the signing key could.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 
 from gateway import keyring
 from gateway.audit.chain import GENESIS, body_hash, checkpoint_payload
@@ -24,9 +25,9 @@ from tests.audit import (
     entries,
     entry,
     register_callers,
-    sqlite,
 )
 from tests.conftest import Caller
+from tests.stores import Raw, raw
 
 EVERY = 5
 TOTAL = 25  # the last entry carries a checkpoint too
@@ -34,15 +35,15 @@ CHECKPOINTS = [5, 10, 15, 20, 25]
 FIRST, MIDDLE, LAST = 1, 12, TOTAL
 
 Json = dict[str, Any]
-Tamper = Callable[[sqlite3.Connection], None]
+Tamper = Callable[[Raw], None]
 
 
 @pytest.fixture
-def chain(db_path: Path) -> Path:
-    """The copied chain of TOTAL entries, written through the API; returns the SQLite file."""
-    assert [e["seq"] for e in entries(db_path)] == list(range(1, TOTAL + 1))
-    assert [c["seq"] for c in checkpoints(db_path)] == CHECKPOINTS
-    return db_path
+def chain(app: Flask) -> Flask:
+    """The copied chain of TOTAL entries, written through the API; returns its app."""
+    assert [e["seq"] for e in entries(app)] == list(range(1, TOTAL + 1))
+    assert [c["seq"] for c in checkpoints(app)] == CHECKPOINTS
+    return app
 
 
 def verify(auditor: Caller, runner: Any) -> Json:
@@ -56,11 +57,11 @@ def verify(auditor: Caller, runner: Any) -> Json:
     return report
 
 
-# --- the ways to tamper, each a plain edit of the SQLite file -----------------------------------
+# --- the ways to tamper, each a plain edit of the stored rows -----------------------------------
 
 
 def set_column(seq: int, column: str, value: Any) -> Tamper:
-    def tamper(db: sqlite3.Connection) -> None:
+    def tamper(db: Raw) -> None:
         db.execute(f"UPDATE audit_entry SET {column} = ? WHERE seq = ?", (value, seq))
 
     return tamper
@@ -70,7 +71,7 @@ def as_row(body: Json) -> Json:
     return {**body, "reasons": json.dumps(body["reasons"]), "fields": json.dumps(body["fields"])}
 
 
-def store(db: sqlite3.Connection, body: Json) -> None:
+def store(db: Raw, body: Json) -> None:
     """Write `body` over the stored entry of the same seq."""
     row = as_row(body)
     assignments = ", ".join(f"{name} = :{name}" for name in row)
@@ -80,7 +81,7 @@ def store(db: sqlite3.Connection, body: Json) -> None:
 def edit_and_rehash(seq: int) -> Tamper:
     """Edit an entry and give it the hash of its new content."""
 
-    def tamper(db: sqlite3.Connection) -> None:
+    def tamper(db: Raw) -> None:
         body = entry(db, seq)
         body["outcome"], body["reasons"] = "allow", ["consent_granted"]
         body["hash"] = body_hash(body)
@@ -92,7 +93,7 @@ def edit_and_rehash(seq: int) -> Tamper:
 def rechain_from(seq: int) -> Tamper:
     """Edit an entry, then recompute every hash and link after it: only a checkpoint tells."""
 
-    def tamper(db: sqlite3.Connection) -> None:
+    def tamper(db: Raw) -> None:
         (last,) = db.execute("SELECT MAX(seq) FROM audit_entry").fetchone()
         previous = entry(db, seq - 1)["hash"] if seq > 1 else GENESIS
         for current in range(seq, last + 1):
@@ -107,14 +108,14 @@ def rechain_from(seq: int) -> Tamper:
 
 
 def delete(seq: int) -> Tamper:
-    def tamper(db: sqlite3.Connection) -> None:
+    def tamper(db: Raw) -> None:
         assert db.execute("DELETE FROM audit_entry WHERE seq = ?", (seq,)).rowcount == 1
 
     return tamper
 
 
 def delete_and_renumber(seq: int) -> Tamper:
-    def tamper(db: sqlite3.Connection) -> None:
+    def tamper(db: Raw) -> None:
         delete(seq)(db)
         (last,) = db.execute("SELECT MAX(seq) FROM audit_entry").fetchone()
         for current in range(seq + 1, (last or 0) + 1):
@@ -126,7 +127,7 @@ def delete_and_renumber(seq: int) -> Tamper:
 def insert(seq: int) -> Tamper:
     """Move entries >= seq up by one and insert a well-formed, correctly linked forgery."""
 
-    def tamper(db: sqlite3.Connection) -> None:
+    def tamper(db: Raw) -> None:
         (last,) = db.execute("SELECT MAX(seq) FROM audit_entry").fetchone()
         for current in range(last, seq - 1, -1):
             db.execute("UPDATE audit_entry SET seq = ? WHERE seq = ?", (current + 1, current))
@@ -143,7 +144,7 @@ def insert(seq: int) -> Tamper:
 
 
 def swap(first: int, second: int) -> Tamper:
-    def tamper(db: sqlite3.Connection) -> None:
+    def tamper(db: Raw) -> None:
         for old, new in ((first, -1), (second, first), (-1, second)):
             db.execute("UPDATE audit_entry SET seq = ? WHERE seq = ?", (new, old))
 
@@ -151,7 +152,7 @@ def swap(first: int, second: int) -> Tamper:
 
 
 def truncate_after(seq: int) -> Tamper:
-    def tamper(db: sqlite3.Connection) -> None:
+    def tamper(db: Raw) -> None:
         assert db.execute("DELETE FROM audit_entry WHERE seq > ?", (seq,)).rowcount == TOTAL - seq
 
     return tamper
@@ -167,7 +168,7 @@ def flip_signature(seq: int, position: int) -> Tamper:
     bit leaves the decoded signature as it was, and the text must still be refused.
     """
 
-    def tamper(db: sqlite3.Connection) -> None:
+    def tamper(db: Raw) -> None:
         query = "SELECT signature FROM audit_checkpoint WHERE seq = ?"
         (signature,) = db.execute(query, (seq,)).fetchone()
         flipped = BASE64URL[BASE64URL.index(signature[position]) ^ 1]
@@ -178,7 +179,7 @@ def flip_signature(seq: int, position: int) -> Tamper:
 
 
 def set_checkpoint(seq: int, column: str, value: Any) -> Tamper:
-    def tamper(db: sqlite3.Connection) -> None:
+    def tamper(db: Raw) -> None:
         chosen = entry(db, seq + 1)["hash"] if value == "the next entry's hash" else value
         db.execute(f"UPDATE audit_checkpoint SET {column} = ? WHERE seq = ?", (chosen, seq))
 
@@ -268,10 +269,10 @@ CASES = [
 
 @pytest.mark.parametrize(("tamper", "first_bad_seq", "problem"), CASES)
 def test_tampering_is_named_at_the_exact_seq(
-    chain: Path, auditor: Caller, runner: Any, tamper: Tamper, first_bad_seq: int, problem: str
+    chain: Flask, auditor: Caller, runner: Any, tamper: Tamper, first_bad_seq: int, problem: str
 ) -> None:
     assert verify(auditor, runner)["ok"] is True
-    with sqlite(chain) as db:
+    with raw(chain.config) as db:
         tamper(db)
 
     report = verify(auditor, runner)
@@ -281,7 +282,7 @@ def test_tampering_is_named_at_the_exact_seq(
     assert problem in report["problem"]
 
 
-def test_an_untouched_chain_verifies(chain: Path, auditor: Caller, runner: Any) -> None:
+def test_an_untouched_chain_verifies(chain: Flask, auditor: Caller, runner: Any) -> None:
     report = verify(auditor, runner)
     assert report == {
         "ok": True,
@@ -302,9 +303,8 @@ def test_a_checkpoint_signs_every_nth_entry(
     callers = register_callers(app)
     build_history(callers["shop"], callers["mailer"], 15)
 
-    db_path = home / "gateway.db"
-    found = checkpoints(db_path)
-    hashes = {e["seq"]: e["hash"] for e in entries(db_path)}
+    found = checkpoints(app)
+    hashes = {e["seq"]: e["hash"] for e in entries(app)}
     assert [c["seq"] for c in found] == list(range(checkpoint_every, 16, checkpoint_every))
     with app.app_context():
         ring = keyring()
@@ -319,7 +319,7 @@ def test_a_checkpoint_signs_every_nth_entry(
 
 @pytest.mark.parametrize("caller_name", ["auditor", "admin"])
 def test_a_checkpoint_on_demand_signs_the_head(
-    request: pytest.FixtureRequest, chain: Path, runner: Any, caller_name: str
+    request: pytest.FixtureRequest, chain: Flask, runner: Any, caller_name: str
 ) -> None:
     caller: Caller = request.getfixturevalue(caller_name)
     key = caller.get("/v1/keys/signing").get_json()
@@ -342,7 +342,7 @@ def test_a_checkpoint_on_demand_signs_the_head(
     assert (report["ok"], report["checkpoints"]) == (True, len(CHECKPOINTS) + 1)
 
 
-def test_an_app_client_cannot_sign_a_checkpoint(chain: Path, shop: Caller) -> None:
+def test_an_app_client_cannot_sign_a_checkpoint(chain: Flask, shop: Caller) -> None:
     assert shop.post("/v1/audit/checkpoints").status_code == 403
     assert shop.get("/v1/audit/verify").status_code == 403
     assert len(checkpoints(chain)) == len(CHECKPOINTS)
