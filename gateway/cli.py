@@ -229,8 +229,9 @@ def clients_revoke(name: str) -> None:
 @click.option("--workers", default=1, type=click.IntRange(1, 64), show_default=True)
 def serve_command(host: str, port: int, workers: int) -> None:
     """Serve the API with gunicorn."""
-    from gateway.serve import serve
+    from gateway.serve import ensure_metrics_folder, serve
 
+    ensure_metrics_folder(workers)
     initialize(current_app)
     record_policy_load(current_app)
     app = current_app._get_current_object()  # type: ignore[attr-defined]

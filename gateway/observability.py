@@ -2,8 +2,8 @@
 
     GET /metrics        # requests, decisions by purpose and outcome, audit append latency, purges
 
-Under several gunicorn workers, set PROMETHEUS_MULTIPROC_DIR to an empty folder before starting,
-so /metrics adds up every worker's numbers (prometheus-client's multiprocess mode).
+Under several gunicorn workers /metrics adds up every worker's numbers (prometheus-client's
+multiprocess mode, in the folder PROMETHEUS_MULTIPROC_DIR that `gateway serve` sets up).
 """
 
 from __future__ import annotations

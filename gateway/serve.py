@@ -1,11 +1,45 @@
-"""Run the app under gunicorn, configured from code rather than a config file."""
+"""Run the app under gunicorn, configured from code rather than a config file.
+
+With several workers, /metrics must add up every worker's numbers: prometheus-client's
+multiprocess mode, which reads PROMETHEUS_MULTIPROC_DIR when it is first imported. `gateway serve`
+therefore starts itself again with a fresh, private folder set there (and removes the folder when
+it stops), unless the operator chose one.
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import sys
+import tempfile
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from prometheus_client import multiprocess
+
+from gateway.store import close_connections
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+OWNED_DIR = "_GATEWAY_SERVE_METRICS_DIR"
+
+
+def ensure_metrics_folder(workers: int) -> None:
+    """With several workers and no metrics folder yet, run this same command again (same
+    interpreter and arguments) with a fresh one; the new process removes it when it exits."""
+    if workers > 1 and not os.environ.get(MULTIPROC_DIR):
+        folder = tempfile.mkdtemp(prefix="gateway-metrics-")
+        env = {**os.environ, MULTIPROC_DIR: folder, OWNED_DIR: folder}
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    owned = os.environ.pop(OWNED_DIR, None)
+    if owned and owned == os.environ.get(MULTIPROC_DIR):
+        atexit.register(shutil.rmtree, owned, ignore_errors=True)
+
+
+def _worker_exited(_server: Any, worker: Any) -> None:
+    if os.environ.get(MULTIPROC_DIR):
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 class GatewayServer(BaseApplication):  # type: ignore[misc]
@@ -30,5 +64,7 @@ def serve(app: Flask, *, host: str, port: int, workers: int) -> None:
         # each request as JSON with the route template instead.
         "accesslog": None,
         "graceful_timeout": 10,
+        "child_exit": _worker_exited,
     }
+    close_connections()  # each worker opens its own; none may share the master's
     GatewayServer(app, options).run()
