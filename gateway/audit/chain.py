@@ -94,9 +94,13 @@ def _stored_json(text: str) -> Any:
 
 def entry_body(entry: AuditEntry) -> dict[str, Any]:
     """An entry as plain data: the hashed fields plus its hash."""
-    body: dict[str, Any] = model_to_dict(entry)
-    body["reasons"], body["fields"] = _stored_json(entry.reasons), _stored_json(entry.fields)
-    return body
+    return row_body(model_to_dict(entry))
+
+
+def row_body(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row (as read with `.dicts()`) as plain data: its JSON columns parsed."""
+    row["reasons"], row["fields"] = _stored_json(row["reasons"]), _stored_json(row["fields"])
+    return row
 
 
 def body_hash(body: Mapping[str, Any]) -> str:
