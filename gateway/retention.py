@@ -29,13 +29,13 @@ from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
 from gateway.observability import PURGED_ROWS
 from gateway.policy.model import PolicySet, Purpose
-from gateway.store.db import write_transaction
+from gateway.store.db import database, write_transaction
 from gateway.store.leases import acquire, holder_of, new_holder, release, renew
 from gateway.store.models import Attribute, ConsentRecord, Event, PurgeRun
 
 LEASE = "retention-purge"
 # A pause after each batch's commit: long enough for writers polling for the lock to take it.
-BATCH_PAUSE_SECONDS = 0.001
+BATCH_PAUSE_SECONDS = 0.0005
 
 
 class PurgeBusy(Exception):
@@ -118,12 +118,14 @@ def _purge_target(
     key: Any = model._meta.primary_key  # type: ignore[attr-defined]
     found = model.select().where(target.condition).count()
     deleted, name = 0, f"{target.kind}:{target.category}"
+    # One statement: the database picks the batch and deletes it, no ids travel. Its SQL is
+    # built once: building it again per batch cost as much as a third of the run.
+    batch = model.select(key).where(target.condition).limit(batch_size)
+    delete_sql, delete_params = model.delete().where(key.in_(batch)).sql()
     while not run.dry_run and deleted < found:
         with write_transaction():
             keep_lease()
-            # One statement: the database picks the batch and deletes it, no ids travel.
-            batch = model.select(key).where(target.condition).limit(batch_size)
-            removed = model.delete().where(key.in_(batch)).execute()
+            removed = database.execute_sql(delete_sql, delete_params).rowcount
             if not removed:
                 break
             deleted += removed

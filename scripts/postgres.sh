@@ -41,10 +41,14 @@ start() {
         as_server "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --no-locale >&2
     fi
     if ! as_server "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
-        as_server "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start -o \
+        if ! as_server "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start -o \
             "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir \
              -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-             -c max_connections=200" >&2
+             -c max_connections=200" >&2; then
+            echo "PostgreSQL did not start (is port $port taken? set PGTEST_PORT):" >&2
+            tail -n 20 "$dir/server.log" >&2
+            exit 1
+        fi
     fi
     for name in gateway gateway_keys; do
         if ! as_server "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc \
