@@ -20,9 +20,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from gateway.audit.chain import GENESIS, HASHED_FIELDS, entry_body
+from gateway.audit.chain import GENESIS, HASHED_FIELDS
 from gateway.audit.queries import iter_range, seq_range
-from gateway.audit.verification import ChainVerifier, Verification, checkpoint_body
+from gateway.audit.verification import ChainVerifier, Verification
 from gateway.crypto import (
     SIGNATURE_ALGORITHM,
     Keyring,
@@ -30,6 +30,7 @@ from gateway.crypto import (
     sha256_hex,
     verify_signature,
 )
+from gateway.store.db import stream_rows
 from gateway.store.models import AuditCheckpoint
 
 FORMAT = "gateway-audit-export/1"
@@ -167,7 +168,7 @@ def export_lines(
     first, last = span if span else (0, -1)
     entries = iter_range(first, last)
     opening = next(entries, None)
-    anchor: str = opening.prev_hash if opening else GENESIS
+    anchor: str = opening["prev_hash"] if opening else GENESIS
     header = {
         "record": "header",
         "format": FORMAT,
@@ -182,21 +183,21 @@ def export_lines(
     }
     header_line = render(header)
     yield header_line
-    checkpoints = (
-        AuditCheckpoint.select()
+    fields = [f for f in AuditCheckpoint._meta.sorted_fields if f.name != "id"]  # type: ignore[attr-defined]
+    checkpoints = stream_rows(
+        AuditCheckpoint.select(*fields)
         .where(AuditCheckpoint.seq.between(first, last))
         .order_by(AuditCheckpoint.seq)
-        .iterator()
     )
     pending = next(checkpoints, None)
     count, signed, last_hash, last_seq = 0, 0, anchor, None
     entry = opening
     while entry is not None:
-        yield render({"record": "entry", **entry_body(entry)})
-        while pending is not None and pending.seq <= entry.seq:
-            yield render({"record": "checkpoint", **checkpoint_body(pending)})
+        yield render({"record": "entry", **entry})
+        while pending is not None and pending["seq"] <= entry["seq"]:
+            yield render({"record": "checkpoint", **pending})
             pending, signed = next(checkpoints, None), signed + 1
-        count, last_hash, last_seq = count + 1, entry.hash, entry.seq
+        count, last_hash, last_seq = count + 1, entry["hash"], entry["seq"]
         entry = next(entries, None)
     footer = _footer(count, signed, last_seq, last_hash, header_line)
     footer["signature"] = keyring.sign(_signed_part(footer))

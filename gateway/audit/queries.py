@@ -18,7 +18,8 @@ from typing import Any
 
 from peewee import fn
 
-from gateway.audit.chain import Action, entry_body, timestamp
+from gateway.audit.chain import Action, entry_body, row_body, timestamp
+from gateway.store.db import stream_rows
 from gateway.store.models import AuditEntry
 
 
@@ -84,9 +85,10 @@ def seq_range(since: datetime | None, until: datetime | None) -> tuple[int, int]
     return None if first is None else (first, last)
 
 
-def iter_range(first: int, last: int) -> Iterator[AuditEntry]:
+def iter_range(first: int, last: int) -> Iterator[dict[str, Any]]:
+    """Stored entries first..last in seq order, as plain rows, in constant memory."""
     query = AuditEntry.select().where(AuditEntry.seq.between(first, last)).order_by(AuditEntry.seq)
-    return iter(query.iterator())
+    return (row_body(row) for row in stream_rows(query))
 
 
 def summary(since: datetime | None, until: datetime | None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from playhouse.shortcuts import model_to_dict
 
 from gateway.audit.chain import GENESIS, body_hash, checkpoint_payload, row_body
 from gateway.crypto import verify_signature
-from gateway.store.db import database
+from gateway.store.db import stream_rows
 from gateway.store.models import AuditCheckpoint, AuditEntry
 
 
@@ -120,22 +120,12 @@ class ChainVerifier:
         return Verification(True, self.entries, None, None, self.checkpoints, last_seq, self.prev)
 
 
-def _rows(query: Any) -> Iterator[dict[str, Any]]:
-    """A query's rows as dicts of the values the driver returned: the audit tables hold only
-    text and integers, so peewee's per-value conversion (half the time of a verification) is
-    not needed."""
-    cursor = database.execute(query)
-    names = [column[0] for column in cursor.description]
-    for values in cursor:
-        yield dict(zip(names, values, strict=True))
-
-
 def stored_records() -> Iterator[tuple[str, dict[str, Any]]]:
     """Entries in seq order with each checkpoint after its entry, in constant memory."""
     fields = [f for f in AuditCheckpoint._meta.sorted_fields if f.name != "id"]  # type: ignore[attr-defined]
-    checkpoints = _rows(AuditCheckpoint.select(*fields).order_by(AuditCheckpoint.seq))
+    checkpoints = stream_rows(AuditCheckpoint.select(*fields).order_by(AuditCheckpoint.seq))
     pending = next(checkpoints, None)
-    for row in _rows(AuditEntry.select().order_by(AuditEntry.seq)):
+    for row in stream_rows(AuditEntry.select().order_by(AuditEntry.seq)):
         entry = row_body(row)
         yield "entry", entry
         while pending is not None and pending["seq"] <= entry["seq"]:

@@ -13,6 +13,7 @@ no lock. Under READ COMMITTED each statement after that lock sees every writer t
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -21,6 +22,7 @@ from flask import Flask
 from peewee import Database, DatabaseProxy, OperationalError, PostgresqlDatabase, SqliteDatabase
 from playhouse.db_url import connect
 from playhouse.pool import PooledDatabase
+from psycopg.pq import TransactionStatus
 
 database = DatabaseProxy()
 
@@ -122,6 +124,32 @@ def write_transaction() -> Iterator[None]:
             yield
     else:
         raise RuntimeError(f"unsupported database: {type(db).__name__}")
+
+
+def stream_rows(query: Any, batch: int = 100) -> Iterator[dict[str, Any]]:
+    """A large query's rows, in constant client memory, as dicts of the values the driver
+    returned (no peewee conversion: for tables of text and integers, such as the audit log).
+
+    SQLite's cursor steps through the result as it is read. psycopg would fetch the whole result
+    at once, so on PostgreSQL the rows come through a server-side cursor, `batch` at a time (held
+    over commits when no transaction is open, as the server then requires).
+    """
+    db = database.obj
+    sql, params = query.sql()
+    if isinstance(db, PostgresqlDatabase):
+        connection = db.connection()
+        in_transaction = connection.info.transaction_status == TransactionStatus.INTRANS
+        cursor = connection.cursor(name=f"stream_{uuid.uuid4().hex}", withhold=not in_transaction)
+        cursor.itersize = batch
+    else:
+        cursor = db.cursor()
+    try:
+        cursor.execute(sql, params)
+        names = [column[0] for column in cursor.description]
+        for values in cursor:
+            yield dict(zip(names, values, strict=True))
+    finally:
+        cursor.close()
 
 
 def init_app(app: Flask) -> None:
