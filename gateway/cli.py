@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import peewee
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
@@ -27,7 +28,7 @@ from gateway.crypto import Keyring
 from gateway.policy.documents import PolicyError, load_policy_set
 from gateway.store.clients import ClientError, Role, client_purposes, create_client, list_clients
 from gateway.store.clients import revoke_client as revoke
-from gateway.store.db import database, write_transaction
+from gateway.store.db import UnsupportedDatabase, database, write_transaction
 from gateway.store.migrations import upgrade
 from gateway.store.models import AuditEntry
 
@@ -42,9 +43,23 @@ def _create_app() -> Flask:
         for line in exc.problems:
             click.echo(f"  {line}", err=True)
         sys.exit(1)
+    except UnsupportedDatabase as exc:
+        click.echo(f"GATEWAY_DATABASE_URL or GATEWAY_KEYSTORE_URL: {exc}", err=True)
+        sys.exit(2)
 
 
-main = FlaskGroup(
+class GatewayGroup(FlaskGroup):
+    """The `gateway` command: a database that cannot be reached is one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except peewee.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise click.ClickException(f"the database cannot be used: {reason}") from exc
+
+
+main = GatewayGroup(
     name="gateway",
     create_app=_create_app,
     add_version_option=False,

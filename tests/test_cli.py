@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from gateway.cli import main
 from gateway.store.db import database
 from gateway.store.keystore import keystore
 from gateway.store.models import ApiClient, AuditEntry
+from tests.conftest import GATEWAY, ROOT
 from tests.stores import Settings, connect, drop_store, new_store
 
 PURPOSES = ["--purpose", "recommendations", "--purpose", "ads_personalization"]
@@ -354,3 +357,28 @@ def test_revoking_twice_audits_once(app: Flask, runner: Any) -> None:
     with app.app_context(), database.connection_context():
         revocations = AuditEntry.select().where(AuditEntry.action == Action.CLIENT_REVOKE.value)
         assert revocations.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "message"),
+    [
+        ("mysql://someone@somewhere/gateway", 2, "GATEWAY_DATABASE_URL or GATEWAY_KEYSTORE_URL: "),
+        ("postgresql://nobody@127.0.0.1:1/gateway", 1, "Error: the database cannot be used: "),
+    ],
+)
+def test_a_database_that_cannot_be_used_is_one_line_not_a_traceback(
+    tmp_path: Path, url: str, code: int, message: str
+) -> None:
+    env = {
+        **os.environ,
+        "GATEWAY_HOME": str(tmp_path / "instance"),
+        "GATEWAY_DATABASE_URL": url,
+        "GATEWAY_POLICIES": str(ROOT / "policies"),
+        "GATEWAY_REGISTRY": str(ROOT / "registry"),
+    }
+    done = subprocess.run(
+        [str(GATEWAY), "init"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), done.stderr

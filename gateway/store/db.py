@@ -44,6 +44,10 @@ SQLITE_PRAGMAS = {
 SCHEMES = ("sqlite", "postgres", "postgresql")
 
 
+class UnsupportedDatabase(ValueError):
+    """A database URL names neither SQLite nor PostgreSQL."""
+
+
 def open_database(url: str) -> Database:
     """The database at `url`, SQLite or PostgreSQL, behind a connection pool.
 
@@ -53,7 +57,7 @@ def open_database(url: str) -> Database:
     """
     scheme = url.split(":", 1)[0].removesuffix("+pool")
     if scheme not in SCHEMES:
-        raise ValueError(
+        raise UnsupportedDatabase(
             f"unsupported database URL {url.split(':', 1)[0]}://: use sqlite or postgresql"
         )
     options: dict[str, Any] = {"max_connections": None, "stale_timeout": 300}
