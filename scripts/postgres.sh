@@ -4,14 +4,17 @@
 #   scripts/postgres.sh start    # install Debian's package if needed, start, print the URL
 #   scripts/postgres.sh stop
 #
-# The cluster lives in $PGTEST_DIR (default: a folder under /tmp named after this checkout),
-# listens on 127.0.0.1:$PGTEST_PORT only, trusts local connections and skips fsync: it holds
-# test data only. Running as root, the server runs as the `postgres` user, as it must.
+# The cluster lives in $PGTEST_DIR (default: a folder under /tmp named after this checkout) and
+# listens on 127.0.0.1:$PGTEST_PORT only (default: a port from 54000 to 54999 derived from the
+# same name). It trusts local connections and skips fsync: it holds test data only. Running as
+# root, the server runs as the `postgres` user, as it must.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-port=${PGTEST_PORT:-54329}
-dir=${PGTEST_DIR:-/tmp/gateway-postgres-$(printf %s "$root" | sha256sum | cut -c1-12)}
+checkout=$(printf %s "$root" | sha256sum | cut -c1-12)
+# One cluster and one port per checkout, so two checkouts can test side by side.
+port=${PGTEST_PORT:-$((54000 + 16#${checkout:0:4} % 1000))}
+dir=${PGTEST_DIR:-/tmp/gateway-postgres-$checkout}
 url="postgresql://postgres@127.0.0.1:$port/gateway"
 
 bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }

@@ -16,13 +16,12 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner, Result
 from flask import Flask
-from playhouse.pool import PooledDatabase
 
 from gateway import create_app
 from gateway.audit.chain import Action
 from gateway.cli import main
+from gateway.store import close_connections
 from gateway.store.db import database
-from gateway.store.keystore import keystore
 from gateway.store.models import ApiClient, AuditEntry
 from tests.conftest import GATEWAY, ROOT
 from tests.stores import Settings, connect, drop_store, new_store
@@ -83,11 +82,7 @@ def fresh_store(tmp_path: Path) -> Iterator[Settings]:
     """Fresh, empty databases for an instance no fixture initialised, dropped after."""
     store = new_store(tmp_path / "fresh")
     yield store
-    for db in (database, keystore):  # every connection, also any idle in a pool
-        if db.obj is not None and not db.is_closed():
-            db.close()
-        if isinstance(db.obj, PooledDatabase):
-            db.obj.close_all()
+    close_connections()
     drop_store(store)
 
 

@@ -27,11 +27,11 @@ from flask import Flask
 from gateway import keyring
 from gateway.audit.chain import entry_body
 from gateway.store.db import database, write_transaction
-from gateway.store.models import AuditEntry, Event, Lease, PurgeRun, Subject
+from gateway.store.models import AuditEntry, Lease, PurgeRun, Subject
 from gateway.store.profiles import put_attributes
 from gateway.store.subjects import ensure_subject
 from tests.conftest import GATEWAY, gateway_environment, verify_audit
-from tests.stores import count_rows, raw
+from tests.stores import count_rows, insert_events, raw
 
 EXPIRED = 60_000  # browsing events 200 days old (retention P90D)
 FRESH = 2_000  # events within their retention, browsing ones among them
@@ -70,29 +70,6 @@ def seed(app: Flask) -> None:
             rows.append(event(rng.choice(subjects), kind, f"fresh-{i}", now - age))
         rng.shuffle(rows)
         insert_events(rows)
-
-
-EVENT_FIELDS: list[Any] = [
-    Event.subject,
-    Event.database,
-    Event.type,
-    Event.item_id,
-    Event.item_category,
-    Event.sealed,
-    Event.at,
-    Event.received_at,
-]
-
-
-def insert_events(rows: list[Row]) -> None:
-    """Insert on peewee's own connection, each value as the model stores it (its SQL builder
-    takes seconds over this many rows)."""
-    columns = ", ".join(f'"{field.column_name}"' for field in EVENT_FIELDS)
-    marks = ", ".join(database.param for _ in EVENT_FIELDS)
-    values = [tuple(f.db_value(v) for f, v in zip(EVENT_FIELDS, row, strict=True)) for row in rows]
-    cursor = database.cursor()
-    cursor.executemany(f'INSERT INTO "event" ({columns}) VALUES ({marks})', values)
-    cursor.close()
 
 
 def event(subject: Subject, kind: str, item_id: str, at: datetime) -> Row:

@@ -30,10 +30,10 @@ from gateway.retention import LEASE
 from gateway.scheduler import JOB_ID, build_scheduler, cron_trigger, scheduled_purge
 from gateway.store.db import database, write_transaction
 from gateway.store.leases import acquire, holder_of, new_holder
-from gateway.store.models import AuditEntry, Event, PurgeRun
+from gateway.store.models import AuditEntry, PurgeRun
 from gateway.store.subjects import ensure_subject
 from tests.conftest import GATEWAY, gateway_environment, verify_audit
-from tests.stores import count_rows, raw
+from tests.stores import count_rows, insert_events, raw
 
 MONDAY = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 EXPIRED_AGE = timedelta(days=200)  # browsing keeps P90D
@@ -42,16 +42,6 @@ FRESH_KINDS = (
     ("click", timedelta(days=80)),
     ("purchase", timedelta(days=300)),
 )
-EVENT_FIELDS = [
-    Event.subject,
-    Event.database,
-    Event.type,
-    Event.item_id,
-    Event.item_category,
-    Event.sealed,
-    Event.at,
-    Event.received_at,
-]
 
 
 # -- cron lines --------------------------------------------------------------------------------
@@ -203,8 +193,7 @@ def seed(app: Flask, expired: int, fresh: int) -> None:
         for i in range(fresh):
             kind, age = FRESH_KINDS[i % len(FRESH_KINDS)]
             rows.append(event_row(subject, kind, f"fresh-{i}", now - age))
-        for start in range(0, len(rows), 2000):
-            Event.insert_many(rows[start : start + 2000], fields=EVENT_FIELDS).execute()
+        insert_events(rows)
 
 
 def expired_left(app: Flask) -> int:

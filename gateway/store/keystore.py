@@ -45,7 +45,8 @@ def init_app(app: Flask) -> None:
 
     @app.teardown_request
     def _close(_exc: BaseException | None) -> None:
-        close_keystore()
+        if not keystore.is_closed():
+            keystore.close()  # back to the pool
 
 
 def create_keystore_tables() -> None:
@@ -74,8 +75,3 @@ def destroy_key(pseudonym: str) -> bool:
         # Overwrite freed pages and fold the WAL back, so the key's bytes leave the file too.
         keystore.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     return deleted > 0
-
-
-def close_keystore() -> None:
-    if keystore.obj is not None and not keystore.is_closed():
-        keystore.close()

@@ -491,6 +491,27 @@ def test_only_an_admin_may_erase(
     assert len(audit_entries(app)) == before
 
 
+def opened_by_live_key(app: Flask, sealed: dict[str, str]) -> str:
+    """The subject's sealed email and phone in a copy, before erasure: ciphertext that the
+    subject's live key opens; returns that key."""
+    assert set(sealed) == {"email", "phone"}
+    assert all(VALUES[SUBJECT][name] not in token for name, token in sealed.items())
+    live_key = key_of(app, SUBJECT)
+    assert live_key is not None
+    assert unseal(app, live_key, sealed) == VALUES[SUBJECT]
+    return live_key
+
+
+def assert_no_live_key_opens(app: Flask, sealed: dict[str, str]) -> None:
+    """After erasure: the subject's key is gone and no key left in the keystore opens `sealed`."""
+    assert key_of(app, SUBJECT) is None
+    remaining = keystore_keys(app)
+    assert remaining == [key_of(app, BYSTANDER)]
+    for wrapped in remaining:
+        with pytest.raises(KeyringError):
+            unseal(app, wrapped, sealed)
+
+
 def test_a_copy_of_the_rows_taken_before_erasure_cannot_be_read_for_the_subject_afterwards(
     app: Flask, seeded: list[Json], admin: Caller
 ) -> None:
@@ -502,23 +523,14 @@ def test_a_copy_of_the_rows_taken_before_erasure_cannot_be_read_for_the_subject_
     assert "subject_key" not in copy and set(keys_copy) == {"subject_key"}
     pseudonym = pseudonym_of(app, SUBJECT)
     sealed = sealed_in(copy, pseudonym)
-    assert set(sealed) == {"email", "phone"}
-    assert all(VALUES[SUBJECT][name] not in token for name, token in sealed.items())
-    live_key = key_of(app, SUBJECT)
-    assert live_key is not None
-    assert unseal(app, live_key, sealed) == VALUES[SUBJECT]
+    live_key = opened_by_live_key(app, sealed)
     # The main database's rows hold no key to their own ciphertext.
     assert all(live_key.encode() not in row_text(rows) for rows in copy.values())
 
     ok(erase(admin))
 
     # With the keyring and the keystore database as they are now, no key opens the copy.
-    assert key_of(app, SUBJECT) is None
-    remaining = keystore_keys(app)
-    assert remaining == [key_of(app, BYSTANDER)]
-    for wrapped in remaining:
-        with pytest.raises(KeyringError):
-            unseal(app, wrapped, sealed)
+    assert_no_live_key_opens(app, sealed)
     assert sealed_in(copy, pseudonym) == sealed  # the copy itself is intact
     # Only a copy of the keystore from before the erasure would still read it: the checks above
     # would fail if erasure left the key behind.
@@ -543,21 +555,12 @@ def test_a_backup_taken_before_erasure_cannot_be_read_for_the_subject_afterwards
         shutil.copy2(home(app) / name, backup / name)
     pseudonym = pseudonym_of(app, SUBJECT)
     sealed = sealed_values(f"sqlite:///{backup / 'gateway.db'}", pseudonym)
-    assert set(sealed) == {"email", "phone"}
-    assert all(VALUES[SUBJECT][name] not in token for name, token in sealed.items())
-    live_key = key_of(app, SUBJECT)
-    assert live_key is not None
-    assert unseal(app, live_key, sealed) == VALUES[SUBJECT]
+    live_key = opened_by_live_key(app, sealed)
 
     ok(erase(admin))
 
     # With the keyring and the keystore as they are now, no key opens the backup's values.
-    assert key_of(app, SUBJECT) is None
-    remaining = keystore_keys(app)
-    assert remaining == [key_of(app, BYSTANDER)]
-    for wrapped in remaining:
-        with pytest.raises(KeyringError):
-            unseal(app, wrapped, sealed)
+    assert_no_live_key_opens(app, sealed)
     # Only a copy of keys.db from before the erasure would still read the backup: the test
     # above would fail if erasure left the key behind.
     old_key = backed_up_key(f"sqlite:///{backup / 'keys.db'}", pseudonym)
