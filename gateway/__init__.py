@@ -19,7 +19,8 @@ from gateway.policy.model import PolicySet
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: configuration, validated documents, database binding, API, CLI."""
-    from gateway import api, cli, errors, limits, observability
+    from gateway import api, cli, limits, observability
+    from gateway.api import problems
     from gateway.store import db, keystore
 
     app = Flask(__name__)
@@ -30,7 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.bind(app.config["DATABASE_URL"])
     db.init_app(app)
     keystore.init_app(app)
-    errors.init_app(app)
+    problems.init_app(app)
     observability.init_app(app)
     api.init_app(app)
     limits.init_app(app)

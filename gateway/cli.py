@@ -11,13 +11,11 @@ from __future__ import annotations
 import getpass
 import os
 import signal
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
-import peewee
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
@@ -25,10 +23,11 @@ from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
 from gateway.audit.commands import audit_group
 from gateway.crypto import Keyring
-from gateway.policy.documents import PolicyError, load_policy_set
-from gateway.store.clients import ClientError, Role, client_purposes, create_client, list_clients
+from gateway.exits import GatewayCommand, GatewayCommands, exit_on_error
+from gateway.policy.documents import load_policy_set
+from gateway.store.clients import Role, client_purposes, create_client, list_clients
 from gateway.store.clients import revoke_client as revoke
-from gateway.store.db import UnsupportedDatabase, database, write_transaction
+from gateway.store.db import database, write_transaction
 from gateway.store.migrations import upgrade
 from gateway.store.models import AuditEntry
 
@@ -36,27 +35,17 @@ from gateway.store.models import AuditEntry
 def _create_app() -> Flask:
     from gateway import create_app
 
-    try:
-        return create_app()
-    except PolicyError as exc:
-        click.echo("The policy documents are invalid:", err=True)
-        for line in exc.problems:
-            click.echo(f"  {line}", err=True)
-        sys.exit(1)
-    except UnsupportedDatabase as exc:
-        click.echo(f"GATEWAY_DATABASE_URL or GATEWAY_KEYSTORE_URL: {exc}", err=True)
-        sys.exit(2)
+    return create_app()
 
 
 class GatewayGroup(FlaskGroup):
-    """The `gateway` command: a database that cannot be reached is one line, not a traceback."""
+    """The `gateway` command: loading the app and every command map errors through exits.py."""
+
+    command_class = GatewayCommand
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with exit_on_error():
             return super().invoke(ctx)
-        except peewee.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[0]
-            raise click.ClickException(f"the database cannot be used: {reason}") from exc
 
 
 main = GatewayGroup(
@@ -124,7 +113,7 @@ def _record_policy_load(app: Flask, active: str) -> None:
         audit(record, datetime.now(UTC))
 
 
-@click.command("init")
+@click.command("init", cls=GatewayCommand)
 @with_appcontext
 def init_command() -> None:
     """Create the instance folder, keyring and database tables (safe to run again)."""
@@ -133,7 +122,7 @@ def init_command() -> None:
     click.echo(f"ready: {current_app.config['DATABASE_URL']}")
 
 
-policy = click.Group("policy", help="Validate the policy documents and registry.")
+policy = GatewayCommands("policy", help="Validate the policy documents and registry.")
 
 
 @policy.command("check")
@@ -143,12 +132,7 @@ def policy_check(policies_dir: str | None, registry_dir: str | None) -> None:
     """Validate policies/ and registry/; print the policy hash; exit 1 on error."""
     policies_dir = policies_dir or os.environ.get("GATEWAY_POLICIES", "policies")
     registry_dir = registry_dir or os.environ.get("GATEWAY_REGISTRY", "registry")
-    try:
-        found = load_policy_set(policies_dir, registry_dir)
-    except PolicyError as exc:
-        for line in exc.problems:
-            click.echo(f"error: {line}", err=True)
-        sys.exit(1)
+    found = load_policy_set(policies_dir, registry_dir)
     today = datetime.now(UTC)
     for registration in found.databases.values():
         if registration.expired(today):
@@ -168,6 +152,7 @@ main.add_command(policy)
 main.add_command(audit_group)
 
 clients = AppGroup("clients", help="Manage API clients.")
+clients.command_class = GatewayCommand
 
 
 def audit_client_change(action: Action, name: str, fields: dict[str, Any]) -> None:
@@ -202,10 +187,7 @@ def clients_add(name: str, role: str, purposes: tuple[str, ...]) -> None:
     if role == Role.APP and not purposes:
         raise click.BadParameter("an app client needs at least one purpose", param_hint="--purpose")
     with database.connection_context(), write_transaction():
-        try:
-            client, key = create_client(name, Role(role), list(purposes), datetime.now(UTC))
-        except ClientError as exc:
-            raise click.ClickException(str(exc)) from exc
+        client, key = create_client(name, Role(role), list(purposes), datetime.now(UTC))
         audit_client_change(
             Action.CLIENT_CREATE, name, {"role": role, "purposes": client_purposes(client)}
         )
@@ -228,16 +210,13 @@ def clients_list() -> None:
 def clients_revoke(name: str) -> None:
     """Revoke a client's key at once."""
     with database.connection_context(), write_transaction():
-        try:
-            changed = revoke(name, datetime.now(UTC))
-        except ClientError as exc:
-            raise click.ClickException(str(exc)) from exc
+        changed = revoke(name, datetime.now(UTC))
         if changed:
             audit_client_change(Action.CLIENT_REVOKE, name, {})
     click.echo(f"revoked {name!r}" if changed else f"{name!r} was already revoked")
 
 
-@click.command("serve")
+@click.command("serve", cls=GatewayCommand)
 @with_appcontext
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, type=int, show_default=True)
@@ -253,7 +232,7 @@ def serve_command(host: str, port: int, workers: int) -> None:
     serve(app, host=host, port=port, workers=workers)
 
 
-@click.command("purge")
+@click.command("purge", cls=GatewayCommand)
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @with_appcontext
 def purge_command(dry_run: bool) -> None:
@@ -278,7 +257,7 @@ def purge_command(dry_run: bool) -> None:
     click.echo(f"total {verb}: {sum(r.found if dry_run else r.deleted for r in outcome.results)}")
 
 
-@click.command("scheduler")
+@click.command("scheduler", cls=GatewayCommand)
 @with_appcontext
 def scheduler_command() -> None:
     """Run retention purges on GATEWAY_PURGE_CRON (UTC) until stopped."""
@@ -306,7 +285,7 @@ def scheduler_command() -> None:
         scheduler.shutdown(wait=True)
 
 
-@click.command("demo")
+@click.command("demo", cls=GatewayCommand)
 @with_appcontext
 def demo_command() -> None:
     """Initialise, then load the demo clients and data once; print a working curl line."""

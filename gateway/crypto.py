@@ -28,12 +28,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.errors import Unavailable
+
 SCHEME = "v1"
 SIGNATURE_ALGORITHM = "Ed25519"
 
 
-class KeyringError(Exception):
+class KeyringError(Unavailable):
     """The keyring is missing, unreadable or does not match the data."""
+
+    code = "keyring_unavailable"
+    client_message = "The keyring is unavailable."
 
 
 def _b64(data: bytes) -> str:

@@ -1,138 +1,90 @@
-"""One error family and one handler: every failure becomes RFC 9457 problem+json.
+"""One error family: every failure the gateway raises on purpose carries its HTTP status, a
+machine-readable code and a CLI exit code, so one mapping serves HTTP and one serves the CLI.
 
-raise GatewayError(422, "unknown_purpose", "Unknown purpose.", {"purpose": ["Unknown."]})
+    raise InvalidInput("Invalid cursor.", {"cursor": ["Not a cursor."]})
+    raise NotFound("Unknown purpose.", {"purpose": ["Unknown: 'x'."]}, code="unknown_purpose")
+
+    class PurgeBusy(Conflict):
+        code = "purge_running"
+
+`gateway.api.problems` turns any of them (and werkzeug's and the database driver's errors) into
+RFC 9457 problem+json; `gateway.cli` prints one line and exits with `exit_code`. Nothing here
+imports Flask or the rest of the package, so every layer may raise these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from flask import Flask, Response, current_app, jsonify
-from peewee import PeeweeException
-from werkzeug.exceptions import HTTPException
-
-from gateway.audit.chain import AuditUnavailable
-from gateway.crypto import KeyringError
-
-PROBLEM_MIME = "application/problem+json"
 Errors = Mapping[str, list[str]]
+
+# CLI exit codes: 1 a failure, 2 a usage or configuration error (as click's), 75 try again later
+# (EX_TEMPFAIL of sysexits.h).
+EXIT_FAILURE, EXIT_USAGE, EXIT_TEMPFAIL = 1, 2, 75
 
 
 class GatewayError(Exception):
+    """An error the gateway means: status, code, message, and the fields at fault."""
+
+    status: int = 500
+    code: str = "internal_error"
+    exit_code: int = EXIT_FAILURE
+    # what a client is told instead of `message`, where the message is for operators only
+    client_message: str | None = None
+
     def __init__(
         self,
-        status: int,
-        code: str,
         message: str,
         errors: Errors | None = None,
+        *,
+        status: int | None = None,
+        code: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.errors = dict(errors or {})
+        self.message = message
+        self.errors = {name: list(messages) for name, messages in (errors or {}).items()}
         self.headers = dict(headers or {})
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
 
 
-def problem(
-    status: int,
-    code: str,
-    detail: str,
-    errors: Errors | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    from http import HTTPStatus
-
-    body: dict[str, Any] = {
-        "type": f"about:blank#{code}",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "code": code,
-        "detail": detail,
-        "errors": dict(errors or {}),
-    }
-    response = jsonify(body)
-    response.status_code = status
-    response.mimetype = PROBLEM_MIME
-    response.headers.update(headers or {})
-    return response
+class InvalidInput(GatewayError):
+    status, code, exit_code = 422, "invalid_input", EXIT_USAGE
 
 
-def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
-    """webargs nests messages by location and by field; clients want `field.path: [messages]`."""
-    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
-        return {prefix or "body": list(messages)}
-    flat: dict[str, list[str]] = {}
-    items = messages.items() if isinstance(messages, dict) else enumerate(messages)
-    for key, value in items:
-        # marshmallow's `_schema` (e.g. an array where an object belongs) names its parent, and
-        # a Dict field files errors under "key"/"value": the entry's own path reads better.
-        inner = key in ("_schema", "key", "value")
-        path = prefix if inner else f"{prefix}.{key}" if prefix else str(key)
-        flat.update(_flatten(value, path))
-    return flat
+class Unauthorized(GatewayError):
+    status, code = 401, "unauthorized"
 
 
-def _field_errors(error: HTTPException) -> dict[str, list[str]]:
-    messages = (getattr(error, "data", None) or {}).get("messages") or {}
-    flat: dict[str, list[str]] = {}
-    for location, fields in messages.items():
-        if location == "json" and isinstance(fields, list):
-            flat["body"] = fields  # the body as a whole, e.g. invalid JSON
-        else:
-            flat.update(_flatten(fields))
-    return flat
+class Forbidden(GatewayError):
+    status, code = 403, "forbidden"
 
 
-CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_input",
-    429: "too_many_requests",
-}
+class NotFound(GatewayError):
+    status, code = 404, "not_found"
 
 
-def http_problem(error: HTTPException) -> Response:
-    status = error.code or 500
-    errors = _field_errors(error)
-    if status == 413 and not errors:
-        limit = current_app.config.get("MAX_CONTENT_LENGTH")
-        errors = {"body": [f"The body is larger than the limit of {limit} bytes."]}
-    detail = "Some fields are invalid." if errors and status in (400, 422) else error.description
-    # keep what the exception says about itself, such as Allow on a 405
-    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
-    return problem(status, CODES.get(status, "error"), detail or "", errors, headers)
+class Conflict(GatewayError):
+    status, code = 409, "conflict"
 
 
-def init_app(app: Flask) -> None:
-    @app.errorhandler(GatewayError)
-    def _gateway(error: GatewayError) -> Response:
-        return problem(error.status, error.code, error.message, error.errors, error.headers)
+class Unavailable(GatewayError):
+    """Something the gateway depends on cannot be used now; nothing was changed."""
 
-    @app.errorhandler(AuditUnavailable)
-    def _audit(error: AuditUnavailable) -> Response:
-        app.logger.error("audit append failed: %s", error.__cause__)
-        detail = "The audit log cannot be written; nothing was changed or personalized."
-        return problem(503, "audit_unavailable", detail)
+    status, code = 503, "unavailable"
+    client_message = "A service the gateway depends on is unavailable."
 
-    @app.errorhandler(PeeweeException)
-    def _database(error: PeeweeException) -> Response:
-        app.logger.error("database error: %s", error)
-        return problem(503, "database_unavailable", "The database is unavailable.")
 
-    @app.errorhandler(KeyringError)
-    def _keyring(error: KeyringError) -> Response:
-        app.logger.error("keyring error: %s", error)
-        return problem(503, "keyring_unavailable", "The keyring is unavailable.")
+class DatabaseUnavailable(Unavailable):
+    code = "database_unavailable"
+    client_message = "The database is unavailable."
 
-    @app.errorhandler(Exception)
-    def _unexpected(error: Exception) -> Response:
-        if isinstance(error, HTTPException):
-            return http_problem(error)
-        app.logger.exception("unhandled error")
-        return problem(500, "internal_error", "An unexpected error occurred.")
+
+class ConfigurationError(GatewayError):
+    """The gateway cannot start as configured (documents, URLs, keyring)."""
+
+    status, code, exit_code = 500, "configuration_error", EXIT_USAGE
+    client_message = "The gateway is misconfigured."

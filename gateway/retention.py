@@ -27,6 +27,7 @@ from playhouse.shortcuts import model_to_dict
 
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
+from gateway.errors import EXIT_TEMPFAIL, Conflict, Unavailable
 from gateway.observability import PURGED_ROWS
 from gateway.policy.model import PolicySet, Purpose
 from gateway.store.db import database, write_transaction
@@ -38,16 +39,22 @@ LEASE = "retention-purge"
 BATCH_PAUSE_SECONDS = 0.0005
 
 
-class PurgeBusy(Exception):
+class PurgeBusy(Conflict):
     """Another purge holds the lease."""
+
+    code, exit_code = "purge_running", EXIT_TEMPFAIL
+    client_message = "Another purge is running."
 
     def __init__(self, holder: str | None) -> None:
         super().__init__(f"another purge is running ({holder})")
         self.holder = holder
 
 
-class LeaseLost(Exception):
+class LeaseLost(Unavailable):
     """The lease expired under a running purge; it stops before deleting any more."""
+
+    code = "purge_interrupted"
+    client_message = "The purge lost its lease and stopped; the next run finishes the job."
 
 
 @dataclass(frozen=True)

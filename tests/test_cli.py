@@ -326,7 +326,7 @@ def test_policy_check_names_the_invalid_file(
     result = _policy_check(console, documents)
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    problems = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    problems = [line for line in result.stderr.splitlines() if line.startswith("  ")]
     assert any(str(target) in line and key in line for line in problems), result.output
     assert "policy_hash" not in result.stdout
 
@@ -357,7 +357,7 @@ def test_revoking_twice_audits_once(app: Flask, runner: Any) -> None:
 @pytest.mark.parametrize(
     ("url", "code", "message"),
     [
-        ("mysql://someone@somewhere/gateway", 2, "GATEWAY_DATABASE_URL or GATEWAY_KEYSTORE_URL: "),
+        ("mysql://someone@somewhere/gateway", 2, "Error: unsupported database URL mysql://"),
         ("postgresql://nobody@127.0.0.1:1/gateway", 1, "Error: the database cannot be used: "),
     ],
 )

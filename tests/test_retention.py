@@ -27,7 +27,7 @@ import yaml
 from flask import Flask
 
 from gateway import keyring
-from gateway.errors import PROBLEM_MIME
+from gateway.api.problems import PROBLEM_MIME
 from gateway.retention import LEASE
 from gateway.store.clients import authenticate
 from gateway.store.db import database

@@ -11,8 +11,9 @@ from marshmallow import fields
 from werkzeug.exceptions import HTTPException
 
 from gateway.api.auth import authenticate_request
+from gateway.api.problems import http_problem
 from gateway.api.strict import StrictSchema
-from gateway.errors import GatewayError, http_problem
+from gateway.errors import GatewayError
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -45,10 +46,10 @@ def _before_request() -> None:
     has_body = request.content_length or request.headers.get("Transfer-Encoding")
     if request.method in ("POST", "PUT", "PATCH") and has_body and not request.is_json:
         raise GatewayError(
-            415,
-            "unsupported_media_type",
             "The body must be JSON (Content-Type: application/json).",
             {"body": ["Expected Content-Type: application/json."]},
+            status=415,
+            code="unsupported_media_type",
         )
 
 

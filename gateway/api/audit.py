@@ -20,7 +20,7 @@ from gateway.audit.chain import Action, AuditRecord
 from gateway.audit.export import FORMATS
 from gateway.audit.queries import EntryFilter, find_entries, summary
 from gateway.audit.verification import checkpoint_body, verify_stored
-from gateway.errors import GatewayError
+from gateway.errors import InvalidInput
 from gateway.store.clients import Role
 
 blp = Blueprint("audit", __name__, url_prefix="/v1/audit", description="Audit log")
@@ -117,7 +117,7 @@ def _after(cursor: str | None) -> int:
             return int(seq)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
-    raise GatewayError(422, "invalid_input", "Invalid cursor.", {"cursor": ["Not a cursor."]})
+    raise InvalidInput("Invalid cursor.", {"cursor": ["Not a cursor."]})
 
 
 def _record(action: Action, **fields: Any) -> AuditRecord:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 
 from flask import g, request
 
-from gateway.errors import GatewayError
+from gateway.errors import Forbidden, Unauthorized
 from gateway.store.clients import Role, authenticate, client_purposes
 from gateway.store.models import ApiClient
 
@@ -26,11 +26,8 @@ def authenticate_request() -> None:
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     client = authenticate(key.strip()) if scheme.lower() == "bearer" else None
     if client is None:
-        raise GatewayError(
-            401,
-            "unauthorized",
-            "A valid API key is required (Authorization: Bearer <key>).",
-            headers=CHALLENGE,
+        raise Unauthorized(
+            "A valid API key is required (Authorization: Bearer <key>).", headers=CHALLENGE
         )
     g.client = client
 
@@ -45,7 +42,7 @@ def roles(*allowed: Role) -> Callable[[View], View]:
             if role not in allowed:
                 names = ", ".join(r.value for r in allowed)
                 message = f"This needs the role {names}; the client is {role}."
-                raise GatewayError(403, "forbidden", message)
+                raise Forbidden(message)
             return view(*args, **kwargs)
 
         return cast(View, checked)
@@ -57,11 +54,10 @@ def caller(purpose: str | None = None) -> ApiClient:
     """The calling client; an app client must have been granted `purpose` (else 403)."""
     client: ApiClient = g.client
     if purpose is not None and not may_use(client, purpose):
-        raise GatewayError(
-            403,
-            "purpose_not_granted",
+        raise Forbidden(
             f"The client was not granted the purpose '{purpose}'.",
             {"purpose": [f"Not granted to this client: '{purpose}'."]},
+            code="purpose_not_granted",
         )
     return client
 

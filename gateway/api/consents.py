@@ -15,7 +15,7 @@ from gateway.api.auth import caller, may_use, roles
 from gateway.api.strict import StrictBoolean, StrictSchema, check_subject_id
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
-from gateway.errors import GatewayError
+from gateway.errors import NotFound
 from gateway.policy.engine import consent_status, grant_expiry
 from gateway.policy.model import Purpose
 from gateway.store.clients import Role
@@ -76,8 +76,8 @@ class SubjectConsentsSchema(StrictSchema):
 def _purpose(purpose_id: str) -> Purpose:
     found = policies().purposes.get(purpose_id)
     if found is None:
-        raise GatewayError(
-            404, "unknown_purpose", "Unknown purpose.", {"purpose": [f"Unknown: '{purpose_id}'."]}
+        raise NotFound(
+            "Unknown purpose.", {"purpose": [f"Unknown: '{purpose_id}'."]}, code="unknown_purpose"
         )
     return found
 

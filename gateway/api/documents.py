@@ -13,7 +13,7 @@ from gateway import keyring, policies
 from gateway.api.auth import roles
 from gateway.api.strict import StrictBoolean, StrictSchema
 from gateway.crypto import SIGNATURE_ALGORITHM
-from gateway.errors import GatewayError
+from gateway.errors import NotFound
 from gateway.policy.model import Registration
 from gateway.store.clients import Role
 
@@ -85,11 +85,10 @@ class Database(MethodView):
         """One registered database."""
         registration = policies().databases.get(database_id)
         if registration is None:
-            raise GatewayError(
-                404,
-                "unknown_database",
+            raise NotFound(
                 "Unknown database.",
                 {"database_id": [f"Not a registered database: '{database_id}'."]},
+                code="unknown_database",
             )
         return _registration(registration, datetime.now(UTC))
 

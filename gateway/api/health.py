@@ -10,7 +10,7 @@ from marshmallow import fields
 
 from gateway import keyring
 from gateway.api.strict import StrictSchema
-from gateway.errors import GatewayError
+from gateway.errors import Unavailable
 from gateway.store.migrations import LATEST, current_version
 
 blp = Blueprint("health", __name__, description="Health")
@@ -36,6 +36,6 @@ class Ready(MethodView):
     def get(self) -> dict[str, Any]:
         """The database answers and the keyring is readable."""
         if current_version() != LATEST:
-            raise GatewayError(503, "schema_outdated", "The schema needs `gateway init`.")
+            raise Unavailable("The schema needs `gateway init`.", code="schema_outdated")
         keyring()
         return {"status": "ready"}

@@ -17,7 +17,7 @@ from gateway.api.auth import caller, roles
 from gateway.api.strict import Scalar, StrictSchema, check_subject_id
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
-from gateway.errors import GatewayError
+from gateway.errors import Forbidden, InvalidInput
 from gateway.policy.engine import HoldingKind, admit
 from gateway.policy.model import Registration
 from gateway.store.clients import Role, client_purposes
@@ -70,19 +70,17 @@ def _registration(database_id: str, subject_id: str) -> Registration:
     check_subject_id(subject_id)
     registration = policies().databases.get(database_id)
     if registration is None:
-        raise GatewayError(
-            422,
-            "unknown_database",
+        raise InvalidInput(
             "Unknown database.",
             {"database": [f"Not a registered database: '{database_id}'."]},
+            code="unknown_database",
         )
     client = caller()
     if client.role == Role.APP and not set(client_purposes(client)) & set(registration.purposes):
-        raise GatewayError(
-            403,
-            "database_not_granted",
+        raise Forbidden(
             "None of the client's purposes uses this database.",
             {"database": [f"Not registered for this client's purposes: '{database_id}'."]},
+            code="database_not_granted",
         )
     return registration
 

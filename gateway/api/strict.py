@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from gateway.errors import GatewayError
+from gateway.errors import InvalidInput
 
 SUBJECT_ID = [
     validate.Length(min=1, max=256),
@@ -20,9 +20,7 @@ def check_subject_id(subject_id: str) -> None:
     try:
         fields.String(validate=SUBJECT_ID).deserialize(subject_id)
     except ValidationError as exc:
-        raise GatewayError(
-            422, "invalid_input", "Invalid subject id.", {"subject_id": list(exc.messages)}
-        ) from exc
+        raise InvalidInput("Invalid subject id.", {"subject_id": list(exc.messages)}) from exc
 
 
 class StrictBoolean(fields.Boolean):

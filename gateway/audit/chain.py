@@ -25,6 +25,7 @@ from peewee import PeeweeException
 from playhouse.shortcuts import model_to_dict
 
 from gateway.crypto import Keyring, canonical_json, sha256_hex
+from gateway.errors import Unavailable
 from gateway.store.models import AuditCheckpoint, AuditEntry
 
 GENESIS = "0" * 64
@@ -61,8 +62,11 @@ class Action(StrEnum):
     SUBJECT_ERASE = "subject.erase"
 
 
-class AuditUnavailable(Exception):
+class AuditUnavailable(Unavailable):
     """The audit entry could not be written; whatever it recorded must not happen."""
+
+    code = "audit_unavailable"
+    client_message = "The audit log cannot be written; nothing was changed or personalized."
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ from gateway.audit.chain import Action, AuditRecord
 from gateway.audit.export import FORMATS, verify_export
 from gateway.audit.queries import summary
 from gateway.audit.verification import Verification, verify_stored
+from gateway.exits import GatewayCommand, GatewayCommands
 from gateway.store.db import database
 
 # A plain group: `audit verify --file` must work without the app, its documents or database;
 # the other commands load the app through `with_appcontext`.
-audit_group = click.Group("audit", help="Verify, export and summarize the audit log.")
+audit_group = GatewayCommands("audit", help="Verify, export and summarize the audit log.")
 
 
 class AwareDateTime(click.ParamType):
@@ -67,7 +68,7 @@ def _record(action: Action, **fields: Any) -> AuditRecord:
     )
 
 
-@click.command("verify")
+@click.command("verify", cls=GatewayCommand)
 @click.option(
     "--file",
     "path",

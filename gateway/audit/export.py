@@ -30,6 +30,7 @@ from gateway.crypto import (
     sha256_hex,
     verify_signature,
 )
+from gateway.errors import InvalidInput
 from gateway.store.db import stream_rows
 from gateway.store.models import AuditCheckpoint
 
@@ -66,8 +67,10 @@ RECORD_KEYS = {
 }
 
 
-class ExportFormatError(ValueError):
+class ExportFormatError(InvalidInput):
     """A line of an export is not a record in canonical form."""
+
+    code = "invalid_export"
 
 
 def _render_jsonl(record: Mapping[str, Any]) -> str:

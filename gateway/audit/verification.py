@@ -20,6 +20,7 @@ from playhouse.shortcuts import model_to_dict
 
 from gateway.audit.chain import GENESIS, body_hash, checkpoint_payload, row_body
 from gateway.crypto import verify_signature
+from gateway.errors import GatewayError
 from gateway.store.db import stream_rows
 from gateway.store.models import AuditCheckpoint, AuditEntry
 
@@ -35,9 +36,13 @@ class Verification:
     last_hash: str | None = None
 
 
-class Broken(Exception):
+class Broken(GatewayError):
+    """The chain is broken at `seq`; verification reports it rather than raising it."""
+
+    status, code = 409, "chain_broken"
+
     def __init__(self, seq: int, problem: str) -> None:
-        super().__init__(problem)
+        super().__init__(f"seq {seq}: {problem}")
         self.seq, self.problem = seq, problem
 
 

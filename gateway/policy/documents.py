@@ -20,6 +20,7 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from gateway.crypto import canonical_json
+from gateway.errors import EXIT_FAILURE, ConfigurationError
 from gateway.policy.model import (
     Category,
     Fallback,
@@ -49,11 +50,17 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-class PolicyError(Exception):
+class PolicyError(ConfigurationError):
     """The documents are invalid; `problems` holds one `file: key: message` line each."""
 
+    code, exit_code = "invalid_documents", EXIT_FAILURE
+
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
+        by_file: dict[str, list[str]] = {}
+        for problem in problems:
+            path, _, message = problem.partition(": ")
+            by_file.setdefault(path, []).append(message)
+        super().__init__("The policy documents are invalid.", by_file)
         self.problems = problems
 
 

@@ -13,6 +13,7 @@ import secrets
 from datetime import datetime
 from enum import StrEnum
 
+from gateway.errors import Conflict
 from gateway.store.models import ApiClient
 
 KEY_PREFIX = "gwk_"
@@ -25,8 +26,10 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
-class ClientError(Exception):
+class ClientError(Conflict):
     """A client command cannot be carried out (duplicate name, unknown client, ...)."""
+
+    code = "client_error"
 
 
 def key_digest(key: str) -> str:

@@ -24,6 +24,8 @@ from playhouse.db_url import connect
 from playhouse.pool import PooledDatabase
 from psycopg.pq import TransactionStatus
 
+from gateway.errors import ConfigurationError
+
 database = DatabaseProxy()
 
 # The advisory lock of the gateway's writers: this fixed number and the schema in use, so that
@@ -44,8 +46,10 @@ SQLITE_PRAGMAS = {
 SCHEMES = ("sqlite", "postgres", "postgresql")
 
 
-class UnsupportedDatabase(ValueError):
+class UnsupportedDatabase(ConfigurationError):
     """A database URL names neither SQLite nor PostgreSQL."""
+
+    code = "unsupported_database"
 
 
 def open_database(url: str) -> Database:

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway import keyring
-from gateway.errors import PROBLEM_MIME
+from gateway.api.problems import PROBLEM_MIME
 from gateway.store.clients import authenticate, revoke_client
 from gateway.store.db import database
 from gateway.store.models import ApiClient, Attribute, AuditEntry, ConsentRecord, Event, Subject

@@ -14,7 +14,7 @@ import yaml
 from flask import Flask
 
 from gateway import keyring
-from gateway.errors import PROBLEM_MIME
+from gateway.api.problems import PROBLEM_MIME
 from gateway.policy.engine import ReadPlan
 from gateway.store.clients import Role, create_client
 from gateway.store.db import database

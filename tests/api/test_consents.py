@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from flask import Flask
 
 from gateway import keyring
+from gateway.api.problems import PROBLEM_MIME
 from gateway.crypto import canonical_json, verify_signature
-from gateway.errors import PROBLEM_MIME
 from gateway.store.db import database
 from gateway.store.models import AuditEntry, ConsentRecord, Subject
 from tests.conftest import Caller

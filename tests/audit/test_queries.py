@@ -22,7 +22,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway import keyring
-from gateway.errors import PROBLEM_MIME
+from gateway.api.problems import PROBLEM_MIME
 from gateway.store.clients import authenticate
 from gateway.store.db import database
 from tests.conftest import Caller
