@@ -9,6 +9,7 @@ it stops), unless the operator chose one.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import os
 import shutil
 import sys
@@ -67,4 +68,7 @@ def serve(app: Flask, *, host: str, port: int, workers: int) -> None:
         "child_exit": _worker_exited,
     }
     close_connections()  # each worker opens its own; none may share the master's
-    GatewayServer(app, options).run()
+    # The CLI runs commands inside an app context. Were the workers to inherit it, every request
+    # would reuse it, and with it `flask.g`: a request would be logged and rate-limited as the
+    # client of the request before it. In an empty context each request pushes its own.
+    contextvars.Context().run(GatewayServer(app, options).run)

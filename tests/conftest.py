@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -214,34 +214,42 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(
-    app: Flask, workers: int, env: dict[str, str] | None = None
+    app: Flask, workers: int, env: dict[str, str] | None = None, log: Path | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`gateway serve --workers N` on the app's instance until the block ends; yields its base
-    URL and process (stopped with SIGTERM, as an operator would)."""
+    URL and process (stopped with SIGTERM, as an operator would). `log` receives its stderr."""
     port = free_port()
-    process = subprocess.Popen(
-        [str(GATEWAY), "serve", "--port", str(port), "--workers", str(workers)],
-        env=env or gateway_environment(app),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    with ExitStack() as files:
+        stderr = files.enter_context(log.open("wb")) if log is not None else subprocess.DEVNULL
+        process = subprocess.Popen(
+            [str(GATEWAY), "serve", "--port", str(port), "--workers", str(workers)],
+            env=env or gateway_environment(app),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        files.callback(_stop, process)
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_serving(base, process)
+        yield base, process
+
+
+def _wait_until_serving(base: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
             urllib.request.urlopen(base + "/healthz", timeout=1).close()
-            break
+            return
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
                 raise RuntimeError("the server did not start") from None
             time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
     try:
-        yield base, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=15)
