@@ -89,9 +89,12 @@ def _screen(
     kind: HoldingKind, items: dict[str, tuple[str, datetime]], database: Registration, now: datetime
 ) -> tuple[list[str], dict[str, str]]:
     """Admit or refuse each item (key -> (name, time)); returns (accepted keys, refused keys)."""
+    client = caller()
+    # an app writes only for its own purposes; an admin for any
+    purposes = client_purposes(client) if client.role == Role.APP else None
     refused = {}
     for key, (name, at) in items.items():
-        reason = admit(kind, name, database, policies(), at, now)
+        reason = admit(kind, name, database, policies(), at, now, purposes)
         if reason is not None:
             refused[key] = reason.value
     return [key for key in items if key not in refused], refused

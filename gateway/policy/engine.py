@@ -10,6 +10,7 @@ The order is fixed: registration -> consent (GPC, expiry) -> minimization -> ret
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -239,8 +240,14 @@ def admit(
     policies: PolicySet,
     at: datetime,
     now: datetime,
+    writer_purposes: Collection[str] | None = None,
 ) -> Reason | None:
-    """Why an attribute or event may not be collected into `database`, or None to store it."""
+    """Why an attribute or event may not be collected into `database`, or None to store it.
+
+    `writer_purposes` are the purposes the writing client was granted (None: any, as for an
+    admin): an app stores only what one of its own purposes registered there uses, so it can
+    neither collect for another app's purpose nor overwrite what that app relies on.
+    """
     if database.expired(now):
         return Reason.REGISTRATION_EXPIRED
     category = _category_of(Holding(database.id, kind, name, at), policies)
@@ -249,9 +256,15 @@ def admit(
         return Reason.UNKNOWN_ATTRIBUTE if is_attribute else Reason.UNKNOWN_EVENT_TYPE
     if category.id not in database.categories:
         return Reason.CATEGORY_NOT_REGISTERED
-    users = [policies.purposes[p] for p in database.purposes]
-    if not any(category.id in p.categories for p in users):
+    users = [
+        p
+        for p in map(policies.purposes.__getitem__, database.purposes)
+        if category.id in p.categories
+    ]
+    if not users:
         return Reason.NO_PURPOSE_NEEDS_IT
+    if writer_purposes is not None and not any(p.id in writer_purposes for p in users):
+        return Reason.PURPOSE_NOT_GRANTED
     if at > now + CLOCK_SKEW:
         return Reason.FUTURE_TIMESTAMP
     if at <= now - category.retention:

@@ -52,6 +52,7 @@ class Reason(StrEnum):
     CATEGORY_NOT_REGISTERED = "category_not_registered"
     NOT_NEEDED_FOR_PURPOSE = "not_needed_for_purpose"
     NO_PURPOSE_NEEDS_IT = "no_purpose_needs_it"
+    PURPOSE_NOT_GRANTED = "purpose_not_granted"
     SENSITIVE_NEEDS_CONSENT = "sensitive_needs_consent"
     RETENTION_EXPIRED = "retention_expired"
     STALE = "stale"

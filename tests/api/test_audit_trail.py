@@ -76,7 +76,7 @@ def busy_history(shop: Caller, mailer: Caller, subject: str) -> int:
     personalize(shop, "recommendations", CANDIDATES, subject=subject)
     set_consent(shop, "recommendations", subject=subject)
     collect(shop, "shop_events", views("shoes", 3, now), subject=subject)
-    set_attributes(shop, "crm", {"favorite_brand": "acme", "email": "x@example.com"}, subject)
+    set_attributes(mailer, "crm", {"favorite_brand": "acme", "email": "x@example.com"}, subject)
     personalize(shop, "recommendations", CANDIDATES, subject=subject, explain=True)
     personalize(mailer, "email_marketing", CANDIDATES, subject=subject)
     set_consent(mailer, "email_marketing", granted=False, subject=subject)
@@ -142,9 +142,9 @@ def test_decision_ids_are_unique_and_recorded_in_order(app: Flask, shop: Caller)
     assert len({r["decision_id"] for r in results}) == 5
 
 
-def test_dropped_fields_are_audited(app: Flask, shop: Caller) -> None:
+def test_dropped_fields_are_audited(app: Flask, shop: Caller, mailer: Caller) -> None:
     set_consent(shop, "recommendations", subject=RAW_ID)
-    set_attributes(shop, "crm", {"favorite_brand": "acme", "email": "x@example.com"}, RAW_ID)
+    set_attributes(mailer, "crm", {"favorite_brand": "acme", "email": "x@example.com"}, RAW_ID)
 
     result = personalize(shop, "recommendations", CANDIDATES, subject=RAW_ID)
 

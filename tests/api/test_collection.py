@@ -189,7 +189,7 @@ def test_an_attribute_is_refused_by_name_with_its_reason(
     assert stored_attributes(app) == {}
 
 
-def test_attributes_are_admitted_one_by_one(app: Flask, shop: Caller) -> None:
+def test_attributes_are_admitted_one_by_one(app: Flask, mailer: Caller) -> None:
     attributes = {
         "shoe_size": 42,
         "email": "ann@example.com",
@@ -197,7 +197,7 @@ def test_attributes_are_admitted_one_by_one(app: Flask, shop: Caller) -> None:
         "shoe_colour": "red",
         "favorite_brand": "Acme",
     }
-    result = ok(patch_attributes(shop, "crm", attributes))
+    result = ok(patch_attributes(mailer, "crm", attributes))
     assert result == {
         "accepted": ["email", "favorite_brand", "shoe_size"],
         "refused": {"home_city": "category_not_registered", "shoe_colour": "unknown_attribute"},
@@ -246,6 +246,59 @@ def test_data_no_purpose_needs_is_refused(make_app: Any, documents: tuple[Path, 
     assert events == {"accepted": [1], "refused": {"0": "no_purpose_needs_it"}}
     assert list(stored_attributes(app)) == [("crm", "shoe_size")]
     assert [kind for _, kind, _ in stored_events(app)] == ["purchase"]
+
+
+# -- an app writes only for its own purposes ---------------------------------------------------
+
+
+def test_an_app_cannot_store_data_only_another_purpose_uses(app: Flask, shop: Caller) -> None:
+    # crm holds contact data for email_marketing alone; the shop was granted other purposes
+    result = ok(patch_attributes(shop, "crm", {"email": "ann@example.com", "shoe_size": 42}))
+
+    assert result == {"accepted": ["shoe_size"], "refused": {"email": "purpose_not_granted"}}
+    assert list(stored_attributes(app)) == [("crm", "shoe_size")]
+
+
+def test_an_app_cannot_overwrite_what_another_apps_purpose_relies_on(
+    app: Flask, shop: Caller, mailer: Caller
+) -> None:
+    assert ok(patch_attributes(mailer, "crm", {"email": "ann@example.com"}))["accepted"] == [
+        "email"
+    ]
+
+    result = ok(patch_attributes(shop, "crm", {"email": "attacker@example.com"}))
+
+    assert result == {"accepted": [], "refused": {"email": "purpose_not_granted"}}
+    with app.app_context(), database.connection_context():
+        subject = find_subject(keyring().pseudonym(SUBJECT))
+        plan = ReadPlan(attributes=(("crm", "email"),))
+        assert dict(read_profile(subject, plan, keyring()).attributes) == {
+            "email": "ann@example.com"
+        }
+    entries = audit_entries(app)
+    assert json.loads(entries[-1].fields)["refused"] == {"email": "purpose_not_granted"}
+
+
+def test_events_are_admitted_per_purpose_of_the_writing_app(app: Flask, new_caller: Any) -> None:
+    # shop_events serves recommendations (purchases, browsing) and ads (browsing)
+    ads_only = new_caller("app", ("ads_personalization",))
+
+    result = ok(post_events(ads_only, "shop_events", [event("purchase"), event("view")]))
+
+    assert result == {"accepted": [1], "refused": {"0": "purpose_not_granted"}}
+    assert [kind for _, kind, _ in stored_events(app)] == ["view"]
+
+
+@pytest.mark.parametrize("who", ["mailer", "admin"])
+def test_the_app_whose_purpose_uses_it_and_an_admin_may_store_it(
+    request: pytest.FixtureRequest, app: Flask, who: str
+) -> None:
+    caller: Caller = request.getfixturevalue(who)
+
+    result = ok(patch_attributes(caller, "crm", {"email": "ann@example.com"}))
+
+    assert result == {"accepted": ["email"], "refused": {}}
+    assert list(stored_attributes(app)) == [("crm", "email")]
 
 
 # -- unknown database --------------------------------------------------------------------------
@@ -317,10 +370,10 @@ def assert_only_brand_in_clear(files: dict[str, bytes]) -> None:
     assert any(BRAND.encode() in data for data in files.values())
 
 
-def collect_pii(shop: Caller) -> None:
+def collect_pii(shop: Caller, mailer: Caller) -> None:
     """Attributes (two of them PII), an event and a consent for PII_SUBJECT, through the API."""
     attributes = {"email": EMAIL, "phone": PHONE, "favorite_brand": BRAND}
-    result = ok(patch_attributes(shop, "crm", attributes, subject=PII_SUBJECT))
+    result = ok(patch_attributes(mailer, "crm", attributes, subject=PII_SUBJECT))
     assert result["accepted"] == ["email", "favorite_brand", "phone"]
     ok(post_events(shop, "shop_events", [event("view")], subject=PII_SUBJECT))
     consent = {"granted": True, "source": "web", "notice_version": "1"}
@@ -341,8 +394,10 @@ def stored_text(url: str) -> dict[str, bytes]:
     return found
 
 
-def test_pii_and_subject_ids_never_reach_any_stored_row(app: Flask, shop: Caller) -> None:
-    collect_pii(shop)
+def test_pii_and_subject_ids_never_reach_any_stored_row(
+    app: Flask, shop: Caller, mailer: Caller
+) -> None:
+    collect_pii(shop, mailer)
 
     stored = {
         f"{store}:{table}": text
@@ -363,12 +418,14 @@ def test_pii_and_subject_ids_never_reach_any_stored_row(app: Flask, shop: Caller
 
 
 @pytest.mark.sqlite
-def test_pii_and_subject_ids_never_reach_the_database_files(shop: Caller, db_path: Path) -> None:
+def test_pii_and_subject_ids_never_reach_the_database_files(
+    shop: Caller, mailer: Caller, db_path: Path
+) -> None:
     # A second connection held open keeps the WAL file alive after each request's connection
     # closes, so the bytes can be read both before and after a checkpoint.
     with connect(f"sqlite:///{db_path}") as watcher:
         watcher.execute("SELECT count(*) FROM subject").fetchone()
-        collect_pii(shop)
+        collect_pii(shop, mailer)
 
         before = database_bytes(db_path)
         assert BRAND.encode() in before[f"{db_path.name}-wal"], "the writes sit in the WAL"
@@ -382,9 +439,9 @@ def test_pii_and_subject_ids_never_reach_the_database_files(shop: Caller, db_pat
     assert_only_brand_in_clear(database_bytes(db_path))
 
 
-def test_pii_values_round_trip_only_through_the_store(app: Flask, shop: Caller) -> None:
+def test_pii_values_round_trip_only_through_the_store(app: Flask, mailer: Caller) -> None:
     attributes = {"email": EMAIL, "phone": PHONE, "favorite_brand": BRAND, "shoe_size": 42}
-    ok(patch_attributes(shop, "crm", attributes))
+    ok(patch_attributes(mailer, "crm", attributes))
     stored = stored_attributes(app)
     for name in ("email", "phone"):
         row = stored[("crm", name)]

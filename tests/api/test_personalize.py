@@ -482,10 +482,11 @@ def test_expired_events_are_not_read_beside_fresh_ones_of_the_same_type(
 
 
 def test_attribute_outside_the_allowlist_never_reaches_the_scorer(
-    shop: Caller, scorer_calls: list[dict[str, Any]]
+    shop: Caller, mailer: Caller, scorer_calls: list[dict[str, Any]]
 ) -> None:
     set_consent(shop, "recommendations")
-    set_attributes(shop, "crm", {"favorite_brand": "acme", "email": "ana@example.com"})
+    # the mailer's purpose uses contact data; the shop's does not, so it holds it back
+    set_attributes(mailer, "crm", {"favorite_brand": "acme", "email": "ana@example.com"})
     candidates = [candidate("b-1", "books"), candidate("s-1", "shoes", features={"brand": "acme"})]
 
     response = shop.post(

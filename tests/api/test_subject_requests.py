@@ -95,8 +95,9 @@ def attributes_of(subject: str) -> Json:
     return {**VALUES[subject], "favorite_brand": BRANDS[subject]}
 
 
-def seed(shop: Caller, subject: str) -> list[Json]:
-    """Consents for two purposes (one withdrawn), three events, three attributes, one decision."""
+def seed(shop: Caller, mailer: Caller, subject: str) -> list[Json]:
+    """Consents for two purposes (one withdrawn), three events, three attributes (written by the
+    mailer, whose purpose uses contact data), one decision."""
     for purpose, granted in CONSENTS:
         change = {"granted": granted, "source": "web-banner", "notice_version": "2026-05"}
         ok(shop.put(f"/v1/subjects/{subject}/consents/{purpose}", change))
@@ -106,7 +107,7 @@ def seed(shop: Caller, subject: str) -> list[Json]:
     )
     assert collected == {"accepted": [0, 1, 2], "refused": {}}
     body = {"database": "crm", "attributes": attributes_of(subject)}
-    collected = ok(shop.patch(f"/v1/subjects/{subject}/attributes", body))
+    collected = ok(mailer.patch(f"/v1/subjects/{subject}/attributes", body))
     assert collected == {"accepted": sorted(attributes_of(subject)), "refused": {}}
     decision = personalize(shop, subject)
     assert decision["outcome"] == "allow"
@@ -114,9 +115,9 @@ def seed(shop: Caller, subject: str) -> list[Json]:
 
 
 @pytest.fixture
-def seeded(shop: Caller) -> list[Json]:
-    seed(shop, BYSTANDER)
-    return seed(shop, SUBJECT)
+def seeded(shop: Caller, mailer: Caller) -> list[Json]:
+    seed(shop, mailer, BYSTANDER)
+    return seed(shop, mailer, SUBJECT)
 
 
 def personalize(caller: Caller, subject: str) -> Json:
@@ -436,7 +437,7 @@ def test_no_plaintext_pii_or_raw_id_is_in_any_stored_row_before_or_after_erasure
     before = stored_rows(app)
     held = {table: len(rows) for table, rows in before["DATABASE_URL"].items()}
     assert held["subject"] == 2 and held["attribute"] == held["event"] == 6
-    assert held["consent_record"] == 6 and held["audit_entry"] == 12 and held["api_client"] == 2
+    assert held["consent_record"] == 6 and held["audit_entry"] == 12 and held["api_client"] == 3
     assert len(before["KEYSTORE_URL"]["subject_key"]) == 2
     assert pseudonym.encode() in row_text(before["KEYSTORE_URL"]["subject_key"])
     assert_no_row_plain(before)
@@ -581,13 +582,14 @@ ERASURES = {
 def test_erasure_is_idempotent_and_always_audited(
     app: Flask,
     shop: Caller,
+    mailer: Caller,
     admin: Caller,
     known: bool,
     outcomes: list[tuple[dict[str, int], bool]],
 ) -> None:
-    seed(shop, BYSTANDER)
+    seed(shop, mailer, BYSTANDER)
     if known:
-        seed(shop, SUBJECT)
+        seed(shop, mailer, SUBJECT)
     bystander = rows_of(app, pseudonym_of(app, BYSTANDER))
 
     for deleted, destroyed in outcomes:
@@ -613,7 +615,7 @@ def test_erasure_is_idempotent_and_always_audited(
 
 
 def test_after_erasure_the_subject_falls_back_and_starts_over_with_a_fresh_key(
-    app: Flask, seeded: list[Json], shop: Caller, admin: Caller
+    app: Flask, seeded: list[Json], shop: Caller, mailer: Caller, admin: Caller
 ) -> None:
     pseudonym = pseudonym_of(app, SUBJECT)
     old_key = key_of(app, SUBJECT)
@@ -625,7 +627,7 @@ def test_after_erasure_the_subject_falls_back_and_starts_over_with_a_fresh_key(
     assert decision["reasons"] == ["no_consent"]
 
     body = {"database": "crm", "attributes": {"email": "ann.new@example.org"}}
-    assert ok(shop.patch(f"/v1/subjects/{SUBJECT}/attributes", body))["accepted"] == ["email"]
+    assert ok(mailer.patch(f"/v1/subjects/{SUBJECT}/attributes", body))["accepted"] == ["email"]
     new_key = key_of(app, SUBJECT)
     assert new_key is not None and old_key is not None and new_key != old_key
     with app.app_context():

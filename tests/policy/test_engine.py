@@ -760,3 +760,22 @@ def test_admit_refuses_data_no_purpose_needs(documents: Documents) -> None:
 
     assert reason is Reason.NO_PURPOSE_NEEDS_IT
     assert admit(ATTRIBUTE, "favorite_brand", edited.databases["crm"], edited, NOW, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("writer", "name", "reason"),
+    [
+        (None, "email", None),
+        (("email_marketing",), "email", None),
+        (("recommendations", "ads_personalization"), "email", Reason.PURPOSE_NOT_GRANTED),
+        (("recommendations",), "favorite_brand", None),
+        (("email_marketing",), "favorite_brand", None),
+        ((), "favorite_brand", Reason.PURPOSE_NOT_GRANTED),
+    ],
+)
+def test_admit_takes_only_what_a_purpose_of_the_writer_uses(
+    policies: PolicySet, writer: tuple[str, ...] | None, name: str, reason: Reason | None
+) -> None:
+    crm = policies.databases["crm"]
+
+    assert admit(ATTRIBUTE, name, crm, policies, NOW, NOW, writer) is reason
