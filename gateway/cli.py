@@ -28,7 +28,7 @@ from gateway.policy.documents import load_policy_set
 from gateway.store.clients import Role, client_purposes, create_client, list_clients
 from gateway.store.clients import revoke_client as revoke
 from gateway.store.db import database, write_transaction
-from gateway.store.migrations import upgrade
+from gateway.store.migrations import check_keyring, upgrade
 from gateway.store.models import AuditEntry
 
 
@@ -64,11 +64,10 @@ def operator() -> str:
 def initialize(app: Flask) -> Keyring:
     """Create the instance folder, the keyring (once, mode 0600) and the tables. Idempotent."""
     home = Path(app.config["HOME"])
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # the owner's alone, like its files
     path = Path(app.config["KEYRING"])
     if not path.exists():
-        Keyring.generate().save(path)
-        click.echo(f"created keyring {path}")
+        _create_keyring(path)
     from gateway import keyring
 
     ring = keyring()
@@ -79,6 +78,16 @@ def initialize(app: Flask) -> Keyring:
     elif before != after:
         click.echo(f"upgraded schema version {before} -> {after}")
     return ring
+
+
+def _create_keyring(path: Path) -> None:
+    """Generate and save a keyring, unless the database holds another keyring's data: a new
+    one would read none of it, so refuse before a file is left that looks like the right one."""
+    generated = Keyring.generate()
+    with database.connection_context():
+        check_keyring(generated, f"no keyring at {path}, and a new one")
+    generated.save(path)
+    click.echo(f"created keyring {path}")
 
 
 def record_policy_load(app: Flask) -> None:

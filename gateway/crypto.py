@@ -8,6 +8,7 @@ Each output is tagged with its scheme version and key id so keys can rotate::
     token = encrypt_field(data_key, "a@example.com", context="attr:crm:email")
     keyring.pseudonym("user-42")                         # HMAC, stable, not reversible
     signature = keyring.sign(canonical_json({"hello": "world"}))
+    keyring.matches_fingerprint(recorded)                # is this the keyring that wrote it?
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.errors import Unavailable
+from gateway.errors import EXIT_USAGE, Unavailable
 
 SCHEME = "v1"
 SIGNATURE_ALGORITHM = "Ed25519"
@@ -39,6 +40,17 @@ class KeyringError(Unavailable):
 
     code = "keyring_unavailable"
     client_message = "The keyring is unavailable."
+
+
+class KeyringMismatch(KeyringError):
+    """The keyring is not the one that wrote the database: it would read none of its data."""
+
+    code, exit_code = "keyring_mismatch", EXIT_USAGE
+    client_message = "The keyring does not match the database."
+
+
+# What to do about a keyring that is missing or not the database's own.
+RESTORE_KEYRING = "restore the keyring that wrote it, or point GATEWAY_KEYRING at it"
 
 
 def _b64(data: bytes) -> str:
@@ -100,6 +112,12 @@ def decrypt_field(data_key: bytes, token: str, context: str) -> str:
         raise KeyringError("field does not decrypt with this subject's key") from exc
 
 
+def key_id_of(token: str) -> str:
+    """The key id a tagged output (pseudonym, wrapped key, fingerprint) names; "" if none."""
+    parts = token.split(":", 2)
+    return parts[1] if len(parts) == 3 else ""
+
+
 def verify_signature(public_key: str, signature: str, payload: bytes) -> bool:
     """Check an Ed25519 signature made by `Keyring.sign` against a published public key."""
     try:
@@ -143,9 +161,14 @@ class Keyring:
                 signing_key=Ed25519PrivateKey.from_private_bytes(signing),
             )
         except FileNotFoundError as exc:
-            raise KeyringError(f"{path}: no keyring; run `gateway init`") from exc
+            raise KeyringError(
+                f"{path}: no keyring; for a database that has data, {RESTORE_KEYRING}; "
+                "for a new one, run `gateway init`"
+            ) from exc
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise KeyringError(f"{path}: unreadable keyring ({exc.__class__.__name__})") from exc
+            raise KeyringError(
+                f"{path}: unreadable keyring ({exc.__class__.__name__}); {RESTORE_KEYRING}"
+            ) from exc
 
     def save(self, path: Path) -> None:
         """Write the keyring readable by its owner only; refuse to overwrite an existing one."""
@@ -190,6 +213,22 @@ class Keyring:
 
     def sign(self, payload: bytes) -> str:
         return _b64(self.signing_key.sign(payload))
+
+    def fingerprint(self) -> str:
+        """A one-way value naming this keyring: its key id and every key, revealing none.
+
+        An HMAC under the two secret keys of the key id and the public key (which the signing
+        key determines), so a keyring that differs in any key or in its key id differs here.
+        """
+        message = canonical_json(
+            {"use": "keyring-fingerprint", "key_id": self.key_id, "public_key": self.public_key}
+        )
+        digest = hmac.new(self.kek + self.hmac_key, message, hashlib.sha256).hexdigest()
+        return f"{SCHEME}:{self.key_id}:{digest}"
+
+    def matches_fingerprint(self, recorded: str) -> bool:
+        """Whether `recorded` is this keyring's fingerprint (compared in constant time)."""
+        return hmac.compare_digest(self.fingerprint().encode(), recorded.encode())
 
     @property
     def public_key(self) -> str:

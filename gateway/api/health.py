@@ -11,7 +11,8 @@ from marshmallow import fields
 from gateway import keyring
 from gateway.api.strict import StrictSchema
 from gateway.errors import Unavailable
-from gateway.store.migrations import LATEST, current_version
+from gateway.store.db import check_writable
+from gateway.store.migrations import LATEST, check_keyring, current_version
 
 blp = Blueprint("health", __name__, description="Health")
 
@@ -34,8 +35,10 @@ class Ready(MethodView):
     @blp.doc(security=[])
     @blp.response(200, StatusSchema)
     def get(self) -> dict[str, Any]:
-        """The database answers and the keyring is readable."""
+        """The schema is current, the keyring is the database's own, and writes are taken."""
         if current_version() != LATEST:
             raise Unavailable("The schema needs `gateway init`.", code="schema_outdated")
-        keyring()
+        check_keyring(keyring())
+        # reads a setting or checks files: a probe never queues behind a writer
+        check_writable()
         return {"status": "ready"}

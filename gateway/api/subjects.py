@@ -17,11 +17,16 @@ from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord, entry_body
 from gateway.store.clients import Role
 from gateway.store.consents import consent_records, receipt
-from gateway.store.db import write_transaction
-from gateway.store.keystore import wrapped_key
-from gateway.store.models import AuditEntry
+from gateway.store.db import database, fold_wal, write_transaction
+from gateway.store.models import AuditEntry, KeyDestruction
 from gateway.store.profiles import erase, everything
-from gateway.store.subjects import find_subject, shred_key
+from gateway.store.subjects import (
+    destruction_pending,
+    find_subject,
+    finish_destructions,
+    order_destruction,
+    unordered_key,
+)
 
 blp = Blueprint("subjects", __name__, url_prefix="/v1/subjects", description="Subject requests")
 
@@ -39,8 +44,16 @@ class SubjectExportSchema(StrictSchema):
 class ErasureSchema(StrictSchema):
     subject_id = fields.String()
     erased = StrictBoolean()
-    key_destroyed = StrictBoolean()
+    key_destroyed = StrictBoolean(
+        metadata={
+            "description": "The subject's data key was destroyed and an audit entry confirms it"
+            " (false when no key was held)."
+        }
+    )
     deleted = fields.Dict(keys=fields.String(), values=fields.Integer())
+
+
+NOTHING_DELETED = {"attributes": 0, "events": 0, "consents": 0}
 
 
 def _record(action: Action, pseudonym: str, outcome: str, **details: Any) -> AuditRecord:
@@ -87,20 +100,42 @@ class SubjectData(MethodView):
         check_subject_id(subject_id)
         now, pseudonym = datetime.now(UTC), keyring().pseudonym(subject_id)
         with write_transaction():
-            subject = find_subject(pseudonym)
-            deleted = erase(subject) if subject else {"attributes": 0, "events": 0, "consents": 0}
-            destroyed = wrapped_key(pseudonym) is not None
-            details = {"deleted": deleted, "key_destroyed": destroyed}
-            audit(_record(Action.SUBJECT_ERASE, pseudonym, "erased", **details), now)
-            # Last, once the audit entry is written: if the key cannot be destroyed the whole
-            # erasure rolls back, and if the audit failed the key is still there.
-            shred_key(pseudonym)
+            deleted, doomed = _erase_ordering_destruction(pseudonym, now)
+        # Committed: only now may the key go. The erased rows' old pages leave the WAL first.
+        fold_wal(database)
+        finish_destructions(_confirm_destruction)
         return {
             "subject_id": subject_id,
             "erased": True,
-            "key_destroyed": destroyed,
+            "key_destroyed": doomed and not destruction_pending(pseudonym),
             "deleted": deleted,
         }
+
+
+def _erase_ordering_destruction(pseudonym: str, now: datetime) -> tuple[dict[str, int], bool]:
+    """Delete the subject's data and append the entry ordering its key destroyed, if it has one
+    (call in a write); returns the rows deleted per kind and whether a destruction is pending."""
+    subject = find_subject(pseudonym)
+    deleted = erase(subject) if subject else dict(NOTHING_DELETED)
+    fingerprint = unordered_key(pseudonym)
+    doomed = fingerprint is not None or destruction_pending(pseudonym)
+    key = "destroy_pending" if doomed else "none"
+    entry = audit(_record(Action.SUBJECT_ERASE, pseudonym, "erased", deleted=deleted, key=key), now)
+    if fingerprint is not None:
+        order_destruction(pseudonym, fingerprint, entry.seq, now)
+    return deleted, doomed
+
+
+def _confirm_destruction(order: KeyDestruction) -> None:
+    """Append the entry saying the key that entry `order.ordered_by` ordered destroyed is gone."""
+    record = _record(
+        Action.SUBJECT_ERASE,
+        order.pseudonym,
+        "key_destroyed",
+        key="destroyed",
+        ordered_by=order.ordered_by,
+    )
+    audit(record, datetime.now(UTC))
 
 
 @blp.route("/<string:subject_id>/export")

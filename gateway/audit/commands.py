@@ -24,6 +24,7 @@ from gateway.audit.queries import summary
 from gateway.audit.verification import Verification, verify_stored
 from gateway.exits import GatewayCommand, GatewayCommands
 from gateway.store.db import database
+from gateway.store.migrations import check_keyring
 
 # A plain group: `audit verify --file` must work without the app, its documents or database;
 # the other commands load the app through `with_appcontext`.
@@ -92,6 +93,8 @@ def _verify_database() -> None:
 
     ring = keyring()
     with database.connection_context():
+        # another keyring's key fails every checkpoint, which would read as tampering
+        check_keyring(ring)
         _report(verify_stored({ring.key_id: ring.public_key}))
 
 

@@ -98,6 +98,7 @@ def summary(since: datetime | None, until: datetime | None) -> dict[str, Any]:
     refusals: Counter[str] = Counter()
     consents: dict[str, dict[str, int]] = defaultdict(lambda: {"granted": 0, "withdrawn": 0})
     actions: dict[str, int] = {}
+    erasures = 0
     grouped = (
         AuditEntry.select(
             AuditEntry.action,
@@ -118,6 +119,9 @@ def summary(since: datetime | None, until: datetime | None) -> dict[str, Any]:
             per_purpose[outcome] = per_purpose.get(outcome, 0) + n
             if outcome != "allow":
                 refusals.update({reason: n for reason in json.loads(reasons)})
+        elif action == Action.SUBJECT_ERASE and outcome == "erased":
+            # an erasure's later `key_destroyed` confirmation is not another erasure
+            erasures += n
         elif action in (Action.CONSENT_GRANT, Action.CONSENT_WITHDRAW):
             key = "granted" if action == Action.CONSENT_GRANT else "withdrawn"
             consents[purpose][key] += n
@@ -129,7 +133,7 @@ def summary(since: datetime | None, until: datetime | None) -> dict[str, Any]:
         "refusals": dict(refusals),
         "consents": dict(consents),
         "purges": _purges(window),
-        "erasures": actions.get(Action.SUBJECT_ERASE, 0),
+        "erasures": erasures,
         "actions": actions,
     }
 

@@ -12,6 +12,8 @@ no lock. Under READ COMMITTED each statement after that lock sees every writer t
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,13 +22,14 @@ from typing import Any
 
 from flask import Flask
 from peewee import Database, DatabaseProxy, OperationalError, PostgresqlDatabase, SqliteDatabase
-from playhouse.db_url import connect
-from playhouse.pool import PooledDatabase
+from playhouse.db_url import connect, parse
+from playhouse.pool import PooledDatabase, PooledSqliteDatabase
 from psycopg.pq import TransactionStatus
 
-from gateway.errors import ConfigurationError
+from gateway.errors import ConfigurationError, DatabaseUnavailable
 
 database = DatabaseProxy()
+log = logging.getLogger("gateway.store")
 
 # The advisory lock of the gateway's writers: this fixed number and the schema in use, so that
 # gateways in different schemas of one database do not wait for each other.
@@ -52,6 +55,30 @@ class UnsupportedDatabase(ConfigurationError):
     code = "unsupported_database"
 
 
+def create_owner_only(path: str) -> None:
+    """Create an empty file at `path`, readable and writable by its owner only, unless one is
+    there; SQLite reports any other reason it cannot open it."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        return
+
+
+class _OwnerOnlySqliteDatabase(SqliteDatabase):
+    def _connect(self) -> Any:
+        # SQLite would create the file 0644 (less the umask) and gives its write-ahead log and
+        # shared-memory files the file's own mode: created 0600 first, all three stay private.
+        create_owner_only(self.database)
+        return super()._connect()  # type: ignore[misc]  # peewee's own, not in its stubs
+
+
+class OwnerOnlySqliteDatabase(PooledSqliteDatabase, _OwnerOnlySqliteDatabase):
+    """A pooled SQLite database whose files only their owner can read (the pool comes first in
+    the method order: the file is checked when it opens a connection, not when it lends one)."""
+
+
 def open_database(url: str) -> Database:
     """The database at `url`, SQLite or PostgreSQL, behind a connection pool.
 
@@ -68,6 +95,7 @@ def open_database(url: str) -> Database:
     if scheme == "sqlite":
         # a pooled connection may serve another thread later (never two at once)
         options.update(pragmas=SQLITE_PRAGMAS, check_same_thread=False)
+        return OwnerOnlySqliteDatabase(**{**parse(url), **options})
     return connect(url.replace(f"{scheme}://", f"{scheme}+pool://", 1), **options)
 
 
@@ -134,6 +162,23 @@ def write_transaction() -> Iterator[None]:
         raise RuntimeError(f"unsupported database: {type(db).__name__}")
 
 
+def fold_wal(db: Database | DatabaseProxy) -> None:
+    """On SQLite, copy the write-ahead log into the database file and truncate it, so that no
+    old page in the log still holds what was deleted (call outside a transaction).
+
+    Deleted rows are zeroed in the database file (`secure_delete`), but the log keeps the pages
+    as they were until it is checkpointed and reset. A reader still using those pages makes the
+    checkpoint wait (busy_timeout); if it is still there then, the log is folded at a later
+    checkpoint instead, and that is logged.
+    """
+    target = db.obj if isinstance(db, DatabaseProxy) else db
+    if not isinstance(target, SqliteDatabase):
+        return
+    busy, _, _ = target.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:
+        log.warning("the write-ahead log of %s is in use and was not truncated", target.database)
+
+
 def stream_rows(query: Any, batch: int = 100) -> Iterator[dict[str, Any]]:
     """A large query's rows, in constant client memory, as dicts of the values the driver
     returned (no peewee conversion: for tables of text and integers, such as the audit log).
@@ -158,6 +203,43 @@ def stream_rows(query: Any, batch: int = 100) -> Iterator[dict[str, Any]]:
             yield dict(zip(names, values, strict=True))
     finally:
         cursor.close()
+
+
+class DatabaseReadOnly(DatabaseUnavailable):
+    """The database answers but refuses writes."""
+
+    code = "database_read_only"
+    client_message = "The database is read-only."
+
+
+def check_writable() -> None:
+    """Raise DatabaseReadOnly while the database refuses writes, without trying one.
+
+    A write would queue for the writers' lock (behind a purge, say); this reads a setting or
+    checks files, so a readiness probe answers at once. PostgreSQL: `transaction_read_only` is
+    on (default_transaction_read_only, or a standby). SQLite: this process may not write the
+    database file, its WAL or shared-memory file, or their folder (permissions, a read-only
+    mount, the immutable flag): SQLite then opens the database read-only, or cannot write it.
+    """
+    db = database.obj
+    if isinstance(db, PostgresqlDatabase):
+        if db.execute_sql("SHOW transaction_read_only").fetchone()[0] == "on":
+            raise DatabaseReadOnly("the database is read-only: transaction_read_only is on")
+    elif isinstance(db, SqliteDatabase):
+        unwritable = _unwritable_sqlite_file(db.database)
+        if unwritable is not None:
+            raise DatabaseReadOnly(f"the database is read-only: {unwritable} is not writable")
+
+
+def _unwritable_sqlite_file(path: str) -> str | None:
+    """The first of a SQLite database's files, or their folder, this process may not write."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    for candidate in (path, f"{path}-wal", f"{path}-shm", folder):
+        if os.path.exists(candidate) and not os.access(candidate, os.W_OK):
+            return candidate
+    return None
 
 
 def init_app(app: Flask) -> None:

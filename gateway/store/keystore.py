@@ -3,7 +3,7 @@
     bind_keystore("sqlite:///instance/keys.db")
     put_key(pseudonym, keyring.wrap_key(data_key), now)
     wrapped_key(pseudonym)        # None once destroyed
-    destroy_key(pseudonym)
+    destroy_key(pseudonym, key_fingerprint(wrapped))
 
 A backup of the main database holds PII only as ciphertext and no key for it; once a subject's
 key is destroyed here, no copy of the main database can be read for that subject, even with the
@@ -15,9 +15,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import Flask
-from peewee import CharField, DatabaseProxy, Model, SqliteDatabase, TextField
+from peewee import CharField, DatabaseProxy, Model, TextField
 
-from gateway.store.db import close_pool, open_database
+from gateway.crypto import sha256_hex
+from gateway.store.db import close_pool, fold_wal, open_database
 from gateway.store.models import UTCDateTimeField
 
 keystore = DatabaseProxy()
@@ -69,9 +70,27 @@ def wrapped_key(pseudonym: str) -> str | None:
     return None if found is None else str(found.wrapped_key)
 
 
-def destroy_key(pseudonym: str) -> bool:
-    deleted: int = SubjectKey.delete().where(SubjectKey.pseudonym == pseudonym).execute()
-    if isinstance(keystore.obj, SqliteDatabase):
-        # Overwrite freed pages and fold the WAL back, so the key's bytes leave the file too.
-        keystore.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+def key_fingerprint(wrapped: str) -> str:
+    """The SHA-256 of a wrapped key: it names that key and cannot open anything."""
+    return sha256_hex(wrapped.encode())
+
+
+def destroy_key(pseudonym: str, fingerprint: str) -> bool:
+    """Destroy the subject's key if it is the one with this fingerprint; True if it was there.
+
+    A key with another fingerprint is a newer one, created for the pseudonym after the erasure
+    that ordered this destruction, and stays.
+    """
+    found = wrapped_key(pseudonym)
+    if found is None or key_fingerprint(found) != fingerprint:
+        return False
+    # Compared again in the DELETE itself, so a key replaced meanwhile is never the one deleted.
+    deleted: int = (
+        SubjectKey.delete()
+        .where((SubjectKey.pseudonym == pseudonym) & (SubjectKey.wrapped_key == found))
+        .execute()
+    )
+    if deleted:
+        # Freed pages are overwritten (secure_delete); folding the WAL removes the key's old pages.
+        fold_wal(keystore)
     return deleted > 0

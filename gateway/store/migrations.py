@@ -1,24 +1,40 @@
 """Schema versions: `gateway init` creates the schema or upgrades an older one, step by step.
 
     upgrade(keyring)        # -> (version before, version after); idempotent
+    check_keyring(keyring)  # KeyringMismatch unless this keyring wrote the database
 
 Each step runs in one transaction with the new version number, so a failed upgrade leaves the
 schema as it was. Version 1 is the first versioned schema; a database without a version table but
 with tables predates it and is brought up to version 1 by `_to_1`.
+
+A database records the fingerprint of the keyring that writes it (version 3 on): another keyring
+would read none of its data, so `upgrade` refuses it before any step runs. A database from before
+fingerprints is judged by what its data tells: its latest signed audit checkpoint, else the key
+id its pseudonyms were made with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from peewee import IntegerField, Model
 from playhouse.migrate import SchemaMigrator, migrate
 
-from gateway.crypto import Keyring
+from gateway.audit.chain import checkpoint_payload
+from gateway.crypto import RESTORE_KEYRING, Keyring, KeyringMismatch, key_id_of, verify_signature
 from gateway.store.db import database, write_transaction
 from gateway.store.keystore import create_keystore_tables, put_key
-from gateway.store.models import TABLES, BaseModel, ConsentRecord
+from gateway.store.models import (
+    TABLES,
+    AuditCheckpoint,
+    BaseModel,
+    ConsentRecord,
+    KeyDestruction,
+    KeyringFingerprint,
+    Subject,
+)
 
 
 class SchemaVersion(BaseModel):
@@ -54,7 +70,24 @@ def _to_2(migrator: SchemaMigrator, keyring: Keyring) -> None:
     database.create_tables(TABLES, safe=True)  # creates the indexes a table lacks
 
 
-STEPS: dict[int, Callable[[SchemaMigrator, Keyring], None]] = {1: _to_1, 2: _to_2}
+def _add_keyring_fingerprint(migrator: SchemaMigrator, keyring: Keyring) -> None:
+    """The fingerprint of the keyring that wrote the data (which `upgrade` checked first)."""
+    database.create_tables([KeyringFingerprint], safe=True)
+    if recorded_fingerprint() is None:
+        _record_fingerprint(keyring)
+
+
+def _add_key_destructions(migrator: SchemaMigrator, keyring: Keyring) -> None:
+    """The table of data keys an erasure ordered destroyed and no entry yet confirmed."""
+    database.create_tables([KeyDestruction], safe=True)
+
+
+STEPS: dict[int, Callable[[SchemaMigrator, Keyring], None]] = {
+    1: _to_1,
+    2: _to_2,
+    3: _add_keyring_fingerprint,
+    4: _add_key_destructions,
+}
 LATEST = max(STEPS)
 
 
@@ -78,7 +111,9 @@ def upgrade(keyring: Keyring) -> tuple[int | None, int]:
         with write_transaction():
             database.create_tables([*TABLES, SchemaVersion])
             SchemaVersion.create(version=LATEST)
+            _record_fingerprint(keyring)
         return None, LATEST
+    check_keyring(keyring)  # before any step: a step may write with the keyring (`_to_1` does)
     migrator = SchemaMigrator.from_database(database.obj)
     for version in range(found + 1, LATEST + 1):
         with write_transaction():
@@ -87,3 +122,55 @@ def upgrade(keyring: Keyring) -> tuple[int | None, int]:
             SchemaVersion.delete().execute()
             SchemaVersion.create(version=version)
     return found, max(found, LATEST)
+
+
+def recorded_fingerprint() -> str | None:
+    """The fingerprint of the keyring that writes this database; None before version 3."""
+    if not KeyringFingerprint.table_exists():
+        return None
+    row = KeyringFingerprint.select().first()  # the one row
+    return None if row is None else str(row.fingerprint)
+
+
+def _record_fingerprint(keyring: Keyring) -> None:
+    KeyringFingerprint.create(fingerprint=keyring.fingerprint(), recorded_at=datetime.now(UTC))
+
+
+def check_keyring(keyring: Keyring, name: str | None = None) -> None:
+    """Raise KeyringMismatch unless `keyring` wrote this database; an empty one takes any.
+
+    Reads only and takes no lock, so a readiness probe may call it. `name` says which keyring
+    the message is about (by default its key id).
+    """
+    recorded = recorded_fingerprint()
+    if recorded is not None:
+        if not keyring.matches_fingerprint(recorded):
+            _refuse(keyring, name, f"keyring {key_id_of(recorded)} did")
+    elif current_version() is not None:
+        evidence = _evidence_of_another_keyring(keyring)
+        if evidence is not None:
+            _refuse(keyring, name, evidence)
+
+
+def _refuse(keyring: Keyring, name: str | None, why: str) -> NoReturn:
+    raise KeyringMismatch(
+        f"{name or f'keyring {keyring.key_id}'} did not write this database ({why}): "
+        f"{RESTORE_KEYRING}"
+    )
+
+
+def _evidence_of_another_keyring(keyring: Keyring) -> str | None:
+    """What shows that data written before fingerprints is another keyring's: the latest
+    signed audit checkpoint, else the key id of the pseudonyms. None when nothing tells."""
+    if AuditCheckpoint.table_exists():  # not in version 0
+        latest = AuditCheckpoint.select().order_by(AuditCheckpoint.seq.desc()).first()
+        if latest is not None:
+            payload = checkpoint_payload(latest.seq, latest.hash, latest.at, latest.key_id)
+            signed = latest.key_id == keyring.key_id and verify_signature(
+                keyring.public_key, latest.signature, payload
+            )
+            return None if signed else f"its audit checkpoint {latest.seq} does not verify with it"
+    subject = Subject.select(Subject.pseudonym).first()  # a column of every version
+    if subject is not None and key_id_of(subject.pseudonym) != keyring.key_id:
+        return f"its pseudonyms were made by keyring {key_id_of(subject.pseudonym)}"
+    return None

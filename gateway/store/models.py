@@ -163,6 +163,30 @@ class PurgeRun(BaseModel):
     progress = TextField(default="{}")
 
 
+class KeyringFingerprint(BaseModel):
+    """The fingerprint of the keyring that writes this database (one row): any other keyring
+    would read none of its data, so it is refused rather than silently taking over."""
+
+    fingerprint = CharField()  # `Keyring.fingerprint()`: the key id and a one-way digest
+    recorded_at = UTCDateTimeField()
+
+
+class KeyDestruction(BaseModel):
+    """A subject's data key that a committed erasure entry ordered destroyed, until an entry
+    confirms its destruction: whoever finds it pending destroys the key and confirms."""
+
+    id = AutoField()
+    pseudonym = CharField()
+    # SHA-256 of the wrapped key: names the one key ordered destroyed (a later subject under the
+    # same pseudonym gets a key of its own) and opens nothing
+    key_fingerprint = CharField()
+    ordered_by = IntegerField()  # seq of the audit entry that ordered it
+    ordered_at = UTCDateTimeField()
+
+    class Meta:
+        indexes = ((("pseudonym", "key_fingerprint"), True),)
+
+
 TABLES: list[type[Model]] = [
     ApiClient,
     Subject,
@@ -173,4 +197,6 @@ TABLES: list[type[Model]] = [
     AuditCheckpoint,
     Lease,
     PurgeRun,
+    KeyDestruction,
+    KeyringFingerprint,
 ]

@@ -394,10 +394,13 @@ def test_erasure_deletes_the_subject_keeps_the_bystander_and_the_pseudonymous_au
     assert key_of(app, SUBJECT) is None
     assert key_of(app, BYSTANDER) == bystander_key is not None
     after = about(app, SUBJECT)
-    assert [e.hash for e in after[:-1]] == entries_before
-    erased = after[-1]
+    assert [e.hash for e in after[:-2]] == entries_before
+    # One entry orders the key destroyed with the data's deletion; once it is, another says so.
+    erased, confirmed = after[-2:]
     assert (erased.action, erased.outcome) == ("subject.erase", "erased")
-    assert json.loads(erased.fields) == {"deleted": HELD, "key_destroyed": True}
+    assert json.loads(erased.fields) == {"deleted": HELD, "key": "destroy_pending"}
+    assert (confirmed.action, confirmed.outcome) == ("subject.erase", "key_destroyed")
+    assert json.loads(confirmed.fields) == {"key": "destroyed", "ordered_by": erased.seq}
     assert verify_audit(app).ok
     # The pseudonymous trail is still there for an auditor; the data is not.
     remaining = export(auditor)
@@ -571,28 +574,36 @@ def test_a_backup_taken_before_erasure_cannot_be_read_for_the_subject_afterwards
         assert old_key.encode() not in stored_bytes(app)[name]
 
 
+# The entries of an erasure: (outcome, fields); ORDERED stands for the seq of its first entry.
+ORDERED = -1
+DESTROYED = [
+    ("erased", {"deleted": HELD, "key": "destroy_pending"}),
+    ("key_destroyed", {"key": "destroyed", "ordered_by": ORDERED}),
+]
+NO_KEY = [("erased", {"deleted": ZERO, "key": "none"})]
 ERASURES = {
-    # subject seeded?, (deleted, key_destroyed) of the first and the second erasure
-    "known_subject": (True, [(HELD, True), (ZERO, False)]),
-    "unknown_subject": (False, [(ZERO, False), (ZERO, False)]),
+    # subject seeded?, then per erasure ((deleted, key_destroyed), entries)
+    "known_subject": (True, [((HELD, True), DESTROYED), ((ZERO, False), NO_KEY)]),
+    "unknown_subject": (False, [((ZERO, False), NO_KEY), ((ZERO, False), NO_KEY)]),
 }
+Erasures = list[tuple[tuple[dict[str, int], bool], list[tuple[str, Json]]]]
 
 
-@pytest.mark.parametrize(("known", "outcomes"), list(ERASURES.values()), ids=list(ERASURES))
+@pytest.mark.parametrize(("known", "erasures"), list(ERASURES.values()), ids=list(ERASURES))
 def test_erasure_is_idempotent_and_always_audited(
     app: Flask,
     shop: Caller,
     mailer: Caller,
     admin: Caller,
     known: bool,
-    outcomes: list[tuple[dict[str, int], bool]],
+    erasures: Erasures,
 ) -> None:
     seed(shop, mailer, BYSTANDER)
     if known:
         seed(shop, mailer, SUBJECT)
     bystander = rows_of(app, pseudonym_of(app, BYSTANDER))
 
-    for deleted, destroyed in outcomes:
+    for (deleted, destroyed), expected in erasures:
         before = len(audit_entries(app))
         body = ok(erase(admin))
         assert body == {
@@ -601,13 +612,17 @@ def test_erasure_is_idempotent_and_always_audited(
             "key_destroyed": destroyed,
             "deleted": deleted,
         }
-        [entry] = audit_entries(app)[before:]
-        assert (entry.action, entry.subject, entry.outcome) == (
-            "subject.erase",
-            pseudonym_of(app, SUBJECT),
-            "erased",
-        )
-        assert json.loads(entry.fields) == {"deleted": deleted, "key_destroyed": destroyed}
+        entries = audit_entries(app)[before:]
+        first = entries[0].seq
+        assert [(e.action, e.subject, e.outcome, json.loads(e.fields)) for e in entries] == [
+            (
+                "subject.erase",
+                pseudonym_of(app, SUBJECT),
+                outcome,
+                {k: first if v == ORDERED else v for k, v in fields.items()},
+            )
+            for outcome, fields in expected
+        ]
 
     assert rows_of(app, pseudonym_of(app, BYSTANDER)) == bystander
     assert totals(app)["subject"] == 1
@@ -643,3 +658,31 @@ def test_after_erasure_the_subject_falls_back_and_starts_over_with_a_fresh_key(
     with app.app_context(), database.connection_context():
         assert Subject.select().where(Subject.pseudonym == pseudonym).count() == 1
     assert verify_audit(app).ok
+
+
+@pytest.mark.sqlite
+def test_after_erasure_the_database_file_and_its_wal_hold_none_of_the_erased_values(
+    app: Flask, seeded: list[Json], admin: Caller
+) -> None:
+    def values_of(subject: str) -> list[str]:
+        """The subject's plain preference, event item ids and PII ciphertext, as stored."""
+        sealed = sealed_values(app.config["DATABASE_URL"], pseudonym_of(app, subject))
+        items = [f"{ITEMS[subject]}-{item}" for _, item, _, _ in EVENTS]
+        return [BRANDS[subject], *items, *sealed.values()]
+
+    erased, kept = values_of(SUBJECT), values_of(BYSTANDER)
+    assert len(erased) == len(kept) == 6
+    with connect(f"sqlite:///{home(app) / 'gateway.db'}") as held:
+        # A second connection keeps SQLite from folding and removing the WAL on close.
+        held.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        before = stored_bytes(app)
+        assert before["gateway.db-wal"]
+        main = before["gateway.db"] + before["gateway.db-wal"]
+        assert all(value.encode() in main for value in erased + kept)
+
+        ok(erase(admin))
+
+        after = stored_bytes(app)
+    for name in ("gateway.db", "gateway.db-wal"):
+        assert [value for value in erased if value.encode() in after[name]] == [], name
+    assert all(value.encode() in after["gateway.db"] + after["gateway.db-wal"] for value in kept)

@@ -835,3 +835,16 @@ def test_a_bad_summary_query_is_422_naming_the_parameter(
 ) -> None:
     body = problem(reader.get("/v1/audit/summary", query_string=query))
     assert list(body["errors"]) == [field]
+
+
+def test_an_erasure_counts_once_though_its_key_destruction_is_confirmed_apart(
+    admin: Caller, auditor: Caller
+) -> None:
+    body = {"database": "crm", "attributes": {"email": "ann@example.com"}}
+    assert admin.patch("/v1/subjects/ann/attributes", json=body).status_code == 200
+    assert admin.request("DELETE", "/v1/subjects/ann").get_json()["key_destroyed"] is True
+
+    found = get_summary(auditor, None, None)
+
+    assert found["actions"]["subject.erase"] == 2  # the erasure, then its key's destruction
+    assert found["erasures"] == 1

@@ -6,6 +6,7 @@ backend under test (SQLite or PostgreSQL), and hold rows the current gateway wro
     version 0   before schema versions: data keys in `subject`, no keystore table, no receipt
                 key ids, no checkpoints, leases or purge runs, fewer audit indexes
     version 1   before the purge indexes on event (type, at) and attribute (name, updated_at)
+    version 2   before the keyring fingerprint and the key destruction table
 
 After `gateway init` the schema must equal a fresh one, every row must be as it was, and the
 gateway must read it: PII decrypts, receipts and the audit chain verify; a second init does nothing.
@@ -133,7 +134,16 @@ CREATE TABLE schema_version (id {id}, version INTEGER NOT NULL);
 INSERT INTO schema_version (version) VALUES (1);
 """
 
-OLD_SCHEMAS = {0: VERSION_0, 1: VERSION_1}
+# The tables of schema version 2: version 1 with the purge indexes.
+VERSION_2 = (
+    VERSION_1.replace("VALUES (1)", "VALUES (2)")
+    + """
+CREATE INDEX event_type_at ON event (type, at);
+CREATE INDEX attribute_name_updated_at ON attribute (name, updated_at);
+"""
+)
+
+OLD_SCHEMAS = {0: VERSION_0, 1: VERSION_1, 2: VERSION_2}
 
 Rows = dict[str, list[dict[str, Any]]]
 Schema = dict[str, tuple[list[Any], list[Any], list[Any]]]
@@ -181,7 +191,8 @@ def introspect(app: Flask) -> Schema:
 
 
 def stored_rows(app: Flask) -> Rows:
-    """Every row of every table but schema_version, in primary key order."""
+    """Every row of every table but schema_version and keyring_fingerprint (which init
+    writes), in primary key order."""
     with raw(app.config) as db:
         return {
             table: [
@@ -189,7 +200,7 @@ def stored_rows(app: Flask) -> Rows:
                 for row in db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
             ]
             for table in db.tables()
-            if table != "schema_version"
+            if table not in ("schema_version", "keyring_fingerprint")
         }
 
 
@@ -353,7 +364,7 @@ def test_an_unversioned_schema_is_upgraded_by_init(
     assert runner.invoke(args=["init"]).output.count("schema version") == 0
 
 
-@pytest.mark.parametrize(("version", "how"), [(0, "runner"), (1, "process")])
+@pytest.mark.parametrize(("version", "how"), [(0, "runner"), (1, "process"), (2, "runner")])
 def test_an_older_schema_built_by_its_own_ddl_is_upgraded_by_init(
     app: Flask, admin: Caller, shop: Caller, runner: Any, version: int, how: str
 ) -> None:
