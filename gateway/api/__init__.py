@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from gateway.api.auth import authenticate_request
 from gateway.api.problems import http_problem
-from gateway.api.strict import StrictSchema
+from gateway.api.strict import StrictJSONProvider, StrictSchema
 from gateway.errors import GatewayError
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -71,6 +71,8 @@ def init_app(app: Flask) -> None:
         subjects,
     )
 
+    # every body is read by it (see strict.Blueprint), so its rules hold for every endpoint
+    app.json = StrictJSONProvider(app)
     app.before_request(_before_request)
     app.after_request(_after_request)
     api = GatewayApi(app)

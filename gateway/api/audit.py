@@ -9,12 +9,18 @@ from typing import Any
 
 from flask import Response, g, stream_with_context
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import RAISE, ValidationError, fields, validate, validates_schema
 
 from gateway import keyring, policies
 from gateway.api.auth import roles
-from gateway.api.strict import SUBJECT_ID, StrictBoolean, StrictSchema
+from gateway.api.strict import (
+    SUBJECT_ID,
+    Blueprint,
+    StrictBoolean,
+    StrictSchema,
+    StrictString,
+    UtcDateTime,
+)
 from gateway.audit import audited_export, checkpoint_now
 from gateway.audit.chain import Action, AuditRecord
 from gateway.audit.export import FORMATS
@@ -29,8 +35,8 @@ READERS = (Role.AUDITOR, Role.ADMIN)
 
 
 class WindowArgs(StrictSchema):
-    since = fields.AwareDateTime(metadata={"description": "inclusive"})
-    until = fields.AwareDateTime(metadata={"description": "exclusive"})
+    since = UtcDateTime(metadata={"description": "inclusive"})
+    until = UtcDateTime(metadata={"description": "exclusive"})
 
     @validates_schema
     def _ordered(self, data: dict[str, Any], **_: Any) -> None:
@@ -39,17 +45,17 @@ class WindowArgs(StrictSchema):
 
 
 class EntriesArgs(WindowArgs):
-    subject_id = fields.String(validate=SUBJECT_ID)
-    purpose = fields.String(validate=validate.Length(min=1, max=64))
-    action = fields.String(validate=validate.OneOf([a.value for a in Action]))
-    outcome = fields.String(validate=validate.Length(min=1, max=32))
-    client = fields.String(validate=validate.Length(min=1, max=128))
-    cursor = fields.String(validate=validate.Length(min=1, max=64))
+    subject_id = StrictString(validate=SUBJECT_ID)
+    purpose = StrictString(validate=validate.Length(min=1, max=64))
+    action = StrictString(validate=validate.OneOf([a.value for a in Action]))
+    outcome = StrictString(validate=validate.Length(min=1, max=32))
+    client = StrictString(validate=validate.Length(min=1, max=128))
+    cursor = StrictString(validate=validate.Length(min=1, max=64))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
 
 class ExportArgs(WindowArgs):
-    format = fields.String(load_default="jsonl", validate=validate.OneOf(FORMATS))
+    format = StrictString(load_default="jsonl", validate=validate.OneOf(FORMATS))
 
 
 class EntrySchema(StrictSchema):

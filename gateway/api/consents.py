@@ -7,12 +7,18 @@ from typing import Any
 
 from flask import g
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import ValidationError, fields, validate, validates
 
 from gateway import keyring, policies
 from gateway.api.auth import caller, may_use, roles
-from gateway.api.strict import StrictBoolean, StrictSchema, check_subject_id
+from gateway.api.strict import (
+    Blueprint,
+    StrictBoolean,
+    StrictSchema,
+    StrictString,
+    UtcDateTime,
+    check_subject_id,
+)
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
 from gateway.errors import NotFound
@@ -31,9 +37,9 @@ SUBJECT_PATH = "/<string:subject_id>/consents"
 
 class ConsentChangeSchema(StrictSchema):
     granted = StrictBoolean(required=True)
-    source = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    notice_version = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    expires_at = fields.AwareDateTime(load_default=None)
+    source = StrictString(required=True, validate=validate.Length(min=1, max=64))
+    notice_version = StrictString(required=True, validate=validate.Length(min=1, max=64))
+    expires_at = UtcDateTime(load_default=None)
 
     @validates("expires_at")
     def _future(self, value: datetime | None, **_: Any) -> None:

@@ -6,12 +6,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields
 
 from gateway import keyring, policies
 from gateway.api.auth import roles
-from gateway.api.strict import StrictBoolean, StrictSchema
+from gateway.api.strict import Blueprint, StrictBoolean, StrictSchema
 from gateway.crypto import SIGNATURE_ALGORITHM
 from gateway.errors import NotFound
 from gateway.policy.model import Registration

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields
 
 from gateway import keyring
-from gateway.api.strict import StrictSchema
+from gateway.api.strict import Blueprint, StrictSchema
 from gateway.errors import Unavailable
 from gateway.store.db import check_writable
 from gateway.store.migrations import LATEST, check_keyring, current_version

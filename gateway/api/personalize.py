@@ -8,12 +8,19 @@ from typing import Any
 
 from flask import current_app, g, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import RAISE, ValidationError, fields, validate, validates, validates_schema
 
 from gateway import keyring, policies, scoring
 from gateway.api.auth import caller, roles
-from gateway.api.strict import Scalar, StrictBoolean, StrictFloat, StrictSchema, SubjectIdField
+from gateway.api.strict import (
+    Blueprint,
+    Scalar,
+    StrictBoolean,
+    StrictFloat,
+    StrictSchema,
+    StrictString,
+    SubjectIdField,
+)
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
 from gateway.observability import DECISIONS
@@ -30,19 +37,19 @@ blp = Blueprint("personalize", __name__, url_prefix="/v1", description="Governed
 
 
 class CandidateSchema(StrictSchema):
-    id = fields.String(required=True, validate=validate.Length(min=1, max=256))
-    category = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    id = StrictString(required=True, validate=validate.Length(min=1, max=256))
+    category = StrictString(required=True, validate=validate.Length(min=1, max=256))
     popularity = StrictFloat(validate=validate.Range(min=0))
     features = fields.Dict(
-        keys=fields.String(validate=validate.Length(min=1, max=64)), values=Scalar()
+        keys=StrictString(validate=validate.Length(min=1, max=64)), values=Scalar()
     )
 
 
 class PersonalizeSchema(StrictSchema):
     subject_id = SubjectIdField
-    purpose = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    purpose = StrictString(required=True, validate=validate.Length(min=1, max=64))
     candidates = fields.List(fields.Nested(CandidateSchema), required=True)
-    context = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), values=Scalar())
+    context = fields.Dict(keys=StrictString(validate=validate.Length(max=64)), values=Scalar())
     limit = fields.Integer(strict=True, validate=validate.Range(min=1, max=1000))
 
     @validates("purpose")

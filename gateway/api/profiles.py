@@ -9,12 +9,18 @@ from typing import Any
 
 from flask import current_app, g
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import ValidationError, fields, validate, validates
 
 from gateway import keyring, policies
 from gateway.api.auth import caller, roles
-from gateway.api.strict import Scalar, StrictSchema, check_subject_id
+from gateway.api.strict import (
+    Blueprint,
+    Scalar,
+    StrictSchema,
+    StrictString,
+    UtcDateTime,
+    check_subject_id,
+)
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
 from gateway.errors import Forbidden, InvalidInput
@@ -32,14 +38,14 @@ NAME = validate.Length(min=1, max=64)
 
 
 class EventSchema(StrictSchema):
-    type = fields.String(required=True, validate=NAME)
-    item_id = fields.String(required=True, validate=validate.Length(min=1, max=256))
-    category = fields.String(required=True, validate=validate.Length(min=1, max=256))
-    at = fields.AwareDateTime(required=True)
+    type = StrictString(required=True, validate=NAME)
+    item_id = StrictString(required=True, validate=validate.Length(min=1, max=256))
+    category = StrictString(required=True, validate=validate.Length(min=1, max=256))
+    at = UtcDateTime(required=True)
 
 
 class EventsSchema(StrictSchema):
-    database = fields.String(required=True, validate=NAME)
+    database = StrictString(required=True, validate=NAME)
     events = fields.List(fields.Nested(EventSchema), required=True)
 
     @validates("events")
@@ -50,8 +56,8 @@ class EventsSchema(StrictSchema):
 
 
 class AttributesSchema(StrictSchema):
-    database = fields.String(required=True, validate=NAME)
-    attributes = fields.Dict(keys=fields.String(validate=NAME), values=Scalar(), required=True)
+    database = StrictString(required=True, validate=NAME)
+    attributes = fields.Dict(keys=StrictString(validate=NAME), values=Scalar(), required=True)
 
     @validates("attributes")
     def _count(self, value: dict[str, Any], **_: Any) -> None:

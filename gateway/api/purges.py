@@ -6,11 +6,10 @@ from typing import Any
 
 from flask import g
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import RAISE, fields, validate
 
 from gateway.api.auth import roles
-from gateway.api.strict import StrictBoolean, StrictSchema
+from gateway.api.strict import Blueprint, StrictBoolean, StrictSchema
 from gateway.retention import purge_now, run_report
 from gateway.store.clients import Role
 from gateway.store.models import PurgeRun

@@ -1,26 +1,86 @@
-"""Strict marshmallow fields: a wrong JSON type is an error, never silently coerced."""
+"""Strict input: a wrong JSON type is an error, never silently coerced, and a value the gateway
+cannot hold (NUL, a lone surrogate, a date outside UTC's calendar, an infinite or oversized
+number) is refused by the field that received it; JSON nested too deep is a 400 naming `body`.
+
+    blp = Blueprint("things", __name__)   # bodies read by the app's StrictJSONProvider
+
+    class ThingSchema(StrictSchema):
+        name = StrictString(required=True)
+        at = UtcDateTime(required=True)
+"""
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from typing import Any
 
+import flask_smorest
+from flask import Request, current_app
+from flask.json.provider import DefaultJSONProvider
 from marshmallow import Schema, ValidationError, fields, validate
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
 
-from gateway.errors import InvalidInput
+from gateway.errors import GatewayError, InvalidInput
+
+# No field holds an integer beyond 64 bits (the databases' integers): a longer literal is read
+# as an infinity, which every number field refuses by name. int() would take quadratic time on
+# it or fail with a bare ValueError past 4300 digits.
+MAX_INT_CHARS = len(str(-(2**63)))
+# The integers every JSON reader holds exactly (RFC 7493, I-JSON).
+MAX_EXACT_INT = 2**53 - 1
+
+
+def check_text(value: str) -> None:
+    """Refuse NUL (PostgreSQL text cannot hold it) and lone surrogates (UTF-8 cannot)."""
+    if "\x00" in value:
+        raise ValidationError("Must not contain NUL characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError("Must be valid Unicode text, without lone surrogates.") from exc
+
+
+class StrictString(fields.String):
+    """A string of valid Unicode text, without NUL."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        check_text(text)
+        return text
+
 
 SUBJECT_ID = [
     validate.Length(min=1, max=256),
-    validate.Regexp(r"^[^\s/]+$", error="Must not contain whitespace or '/'."),
+    # Bytes of a URL that are not UTF-8 arrive as U+FFFD: two different ids would share one
+    # pseudonym, so an id never holds it.
+    validate.Regexp(
+        r"^[^\s/\ufffd]+$",
+        error="Must not contain whitespace, '/' or U+FFFD (bytes that were not UTF-8).",
+    ),
 ]
-SubjectIdField = fields.String(required=True, validate=SUBJECT_ID)
+SubjectIdField = StrictString(required=True, validate=SUBJECT_ID)
 
 
 def check_subject_id(subject_id: str) -> None:
     """Validate a subject id taken from the URL path, naming the field on error."""
     try:
-        fields.String(validate=SUBJECT_ID).deserialize(subject_id)
+        StrictString(validate=SUBJECT_ID).deserialize(subject_id)
     except ValidationError as exc:
         raise InvalidInput("Invalid subject id.", {"subject_id": list(exc.messages)}) from exc
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """A date and time with an offset that also exists in UTC (year 1 to 9999 there too)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment: datetime = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            moment.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValidationError("Must be representable in UTC (years 1 to 9999).") from exc
+        return moment
 
 
 class StrictBoolean(fields.Boolean):
@@ -31,6 +91,8 @@ class StrictBoolean(fields.Boolean):
 
 
 class StrictFloat(fields.Float):
+    """A finite JSON number (marshmallow's Float refuses NaN and infinities by default)."""
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError("Not a valid number.")
@@ -38,13 +100,20 @@ class StrictFloat(fields.Float):
 
 
 class Scalar(fields.Field):
-    """A string (at most 512 characters), number or boolean."""
+    """A string (at most 512 characters), a number every JSON reader holds, or a boolean."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, str) and len(value) <= 512:
+            check_text(value)
             return value
-        if isinstance(value, bool | int | float):
+        if isinstance(value, bool):
             return value
+        if isinstance(value, int) and abs(value) <= MAX_EXACT_INT:
+            return value
+        if isinstance(value, float) and math.isfinite(value):
+            return value
+        if isinstance(value, int | float):
+            raise ValidationError(f"Must be a finite number; integers within ±{MAX_EXACT_INT}.")
         raise ValidationError("Must be a string of at most 512 characters, a number or a boolean.")
 
 
@@ -55,5 +124,40 @@ class StrictSchema(Schema):
         unknown = "raise"
 
 
-def strict_int(**kwargs: Any) -> fields.Integer:
-    return fields.Integer(strict=True, **kwargs)
+def _json_int(text: str) -> int | float:
+    """A JSON integer, or a signed infinity for one longer than any 64-bit integer."""
+    if len(text) <= MAX_INT_CHARS:
+        return int(text)
+    return -math.inf if text.startswith("-") else math.inf
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, with integers past 64 bits out of range and too deep a nesting a 400."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        kwargs.setdefault("parse_int", _json_int)
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError as exc:
+            raise GatewayError(
+                "The body is nested too deeply.",
+                {"body": ["JSON nested deeper than the gateway reads."]},
+                status=400,
+                code="bad_request",
+            ) from exc
+
+
+class JsonArgumentsParser(FlaskParser):
+    """webargs' parser, reading bodies with the app's JSON provider instead of `json.loads`."""
+
+    def _raw_load_json(self, req: Request) -> Any:
+        if not is_json_request(req):
+            return core.missing
+        # strict UTF-8 as webargs does: a decoding error is its 400 "Invalid JSON body."
+        return current_app.json.loads(req.get_data(cache=True).decode("utf-8"))
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's blueprint whose arguments are read by JsonArgumentsParser."""
+
+    ARGUMENTS_PARSER = JsonArgumentsParser()

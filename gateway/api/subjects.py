@@ -7,12 +7,11 @@ from typing import Any
 
 from flask import g
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields
 
 from gateway import keyring, policies
 from gateway.api.auth import roles
-from gateway.api.strict import StrictBoolean, StrictSchema, check_subject_id
+from gateway.api.strict import Blueprint, StrictBoolean, StrictSchema, check_subject_id
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord, entry_body
 from gateway.store.clients import Role
