@@ -5,15 +5,19 @@
 
 Events and attributes go once older than their data category's retention; a consent grant goes
 once past its expiry (its own, or the purpose's consent_max_age) plus the purpose's
-consent_history_retention. Every batch is its own transaction and the cutoffs are fixed when the
-run starts, so a run killed at any point leaves only whole batches of expired rows deleted, and the
-next run finishes the job. A database lease keeps a second purge (another process or host) out.
+consent_history_retention, with the grants before it, and those first: no batch lets a consent
+count again. Every batch is its own transaction and the cutoffs are fixed when the run starts, so
+a run killed at any point leaves only whole batches of expired rows deleted, and the next run
+finishes the job. A database lease keeps a second purge (another process or host) out: every
+write of a run renews it in the same transaction, so a run that lost it (paused past its expiry
+while another took it over) stops with LeaseLost and writes nothing more.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import reduce
@@ -22,14 +26,14 @@ from time import perf_counter, sleep
 from typing import Any, cast
 
 from flask import current_app
-from peewee import Expression, Model, fn
+from peewee import Expression, Model, PeeweeException, fn
 from playhouse.shortcuts import model_to_dict
 
 from gateway.audit import audit
-from gateway.audit.chain import Action, AuditRecord
+from gateway.audit.chain import Action, AuditRecord, AuditUnavailable
 from gateway.errors import EXIT_TEMPFAIL, Conflict, Unavailable
 from gateway.observability import PURGED_ROWS
-from gateway.policy.model import PolicySet, Purpose
+from gateway.policy.model import LegalBasis, PolicySet, Purpose
 from gateway.store.db import database, write_transaction
 from gateway.store.leases import acquire, holder_of, new_holder, release, renew
 from gateway.store.models import Attribute, ConsentRecord, Event, PurgeRun
@@ -58,11 +62,36 @@ class LeaseLost(Unavailable):
 
 
 @dataclass(frozen=True)
+class _Hold:
+    """A purge's hold on the lease: each of its writes happens inside `write()`."""
+
+    holder: str
+    ttl: timedelta
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """A write transaction that first renews the lease, or raises LeaseLost having written
+        nothing. In the same transaction: another purge takes the lease over only between two
+        of ours, so nothing we write can follow its takeover."""
+        with write_transaction():
+            if not renew(LEASE, self.holder, ttl=self.ttl, now=datetime.now(UTC)):
+                raise LeaseLost(
+                    "the purge lost its lease to another purge and stopped; "
+                    "the next run finishes the job"
+                )
+            yield
+
+
+@dataclass(frozen=True)
 class Target:
+    """What one purge target deletes: `condition` picks the rows a batch may delete now, `due`
+    (when it differs) every row the run deletes in all, some only once others are gone."""
+
     category: str
     kind: str  # events, attributes or consents
     model: type[Model]
     condition: Expression
+    due: Expression | None = None
 
 
 @dataclass(frozen=True)
@@ -91,25 +120,55 @@ def expired_targets(policies: PolicySet, now: datetime) -> Iterator[Target]:
             stale = Attribute.name.in_(category.attributes) & (Attribute.updated_at <= cutoff)
             yield Target(category.id, "attributes", Attribute, stale)
     for purpose in policies.purposes.values():
-        kept_until = now - (purpose.consent_history_retention or timedelta(0))
-        newer, this = ConsentRecord.alias(), cast(Any, ConsentRecord)
-        later = (newer.recorded_at > this.recorded_at) | (
-            (newer.recorded_at == this.recorded_at) & (newer.id > this.id)
-        )
-        # An older grant goes with a newer one that ended: left behind, it would count again.
-        ended_later = (newer.subject == this.subject) & later & _ended(newer, purpose, kept_until)
-        superseded = fn.EXISTS(newer.select(newer.id).where(ended_later))
-        mine = (ConsentRecord.purpose == purpose.id) & ConsentRecord.granted
-        expired = _ended(ConsentRecord, purpose, kept_until) | (mine & superseded)
-        yield Target(purpose.id, "consents", ConsentRecord, expired)
+        yield _consent_target(purpose, now)
 
 
-def _ended(record: Any, purpose: Purpose, kept_until: datetime) -> Expression:
-    """Grants for `purpose` past their expiry (their own or consent_max_age) by `kept_until`."""
+def _consent_target(purpose: Purpose, now: datetime) -> Target:
+    """A purpose's ended grants, and the grants before them, in an order such that no batch (nor
+    a run killed between two) makes a consent count again once it has stopped counting.
+
+    Of a subject's records for the purpose, ordered as the engine orders them (recorded_at, then
+    id), a run deletes the latest ended grant and every grant before it; withdrawals and records
+    made after `now` stay. The older grants go first: while the ended grant after them stays,
+    none of them is the latest record, so deleting them changes nothing. The ended grant goes
+    once no grant before it is left, so the latest record becomes a withdrawal or none.
+    """
+    kept_until = now - (purpose.consent_history_retention or timedelta(0))
+    this, other = cast(Any, ConsentRecord), ConsentRecord.alias()
+    tied = other.recorded_at == this.recorded_at
+    later = (other.recorded_at > this.recorded_at) | (tied & (other.id > this.id))
+    earlier = (other.recorded_at < this.recorded_at) | (tied & (other.id < this.id))
+
+    def exists(condition: Expression) -> Expression:
+        mine = (other.subject == this.subject) & (other.purpose == purpose.id) & condition
+        return cast(Expression, fn.EXISTS(other.select(other.id).where(mine)))
+
+    grant = (this.purpose == purpose.id) & this.granted
+    superseded = exists(later & _ended(other, purpose, kept_until, now))
+    due = _ended(this, purpose, kept_until, now)
+    if purpose.legal_basis is LegalBasis.LEGITIMATE_INTEREST:
+        # Here a withdrawal is an objection and an expired grant is not: the last grant after an
+        # objection stays, or deleting it would make the objection count again.
+        last = ~exists(later & (other.recorded_at <= now))
+        due = due & ~(last & exists(earlier & ~other.granted))
+    first = ~exists(earlier & other.granted)
+    return Target(
+        purpose.id,
+        "consents",
+        ConsentRecord,
+        condition=grant & (superseded | (due & first)),
+        due=grant & (superseded | due),
+    )
+
+
+def _ended(record: Any, purpose: Purpose, kept_until: datetime, now: datetime) -> Expression:
+    """Grants for `purpose` recorded by `now` and past their expiry (their own or
+    consent_max_age) by `kept_until`."""
     ended = [record.expires_at <= kept_until]
     if purpose.consent_max_age is not None:
         ended.append(record.recorded_at <= kept_until - purpose.consent_max_age)
-    return (record.purpose == purpose.id) & record.granted & reduce(or_, ended)
+    recorded = (record.purpose == purpose.id) & record.granted & (record.recorded_at <= now)
+    return recorded & reduce(or_, ended)
 
 
 def _purge_target(
@@ -118,20 +177,20 @@ def _purge_target(
     run: PurgeRun,
     progress: dict[str, int],
     batch_size: int,
-    keep_lease: Callable[[], None],
+    hold: _Hold,
 ) -> CategoryResult:
     started = perf_counter()
     model = target.model
     key: Any = model._meta.primary_key  # type: ignore[attr-defined]
-    found = model.select().where(target.condition).count()
+    due = target.condition if target.due is None else target.due
+    found = model.select().where(due).count()
     deleted, name = 0, f"{target.kind}:{target.category}"
     # One statement: the database picks the batch and deletes it, no ids travel. Its SQL is
     # built once: building it again per batch cost as much as a third of the run.
     batch = model.select(key).where(target.condition).limit(batch_size)
     delete_sql, delete_params = model.delete().where(key.in_(batch)).sql()
     while not run.dry_run and deleted < found:
-        with write_transaction():
-            keep_lease()
+        with hold.write():
             removed = database.execute_sql(delete_sql, delete_params).rowcount
             if not removed:
                 break
@@ -161,23 +220,21 @@ def _close_interrupted(actor: str, now: datetime) -> None:
         audit(record, now)
 
 
-def _start_run(holder: str, policies: PolicySet, dry_run: bool, actor: str) -> PurgeRun:
-    with write_transaction():
+def _start_run(hold: _Hold, policies: PolicySet, dry_run: bool, actor: str) -> PurgeRun:
+    with hold.write():
         _close_interrupted(actor, datetime.now(UTC))
         return PurgeRun.create(
             # The clock, not `now`: waiting for the lease may have outlasted the previous run.
             started_at=datetime.now(UTC),
             status="running",
             dry_run=dry_run,
-            holder=holder,
+            holder=hold.holder,
             policy_hash=policies.hash,
         )
 
 
-def _finish_run(run: PurgeRun, results: list[CategoryResult], actor: str) -> None:
+def _finish_run(run: PurgeRun, results: list[CategoryResult], actor: str, hold: _Hold) -> None:
     finished = datetime.now(UTC)
-    run.status, run.finished_at = "finished", finished
-    run.report = json.dumps([asdict(r) for r in results])
     record = AuditRecord(
         actor=actor,
         action=Action.PURGE,
@@ -189,9 +246,29 @@ def _finish_run(run: PurgeRun, results: list[CategoryResult], actor: str) -> Non
             "deleted": {f"{r.kind}:{r.category}": r.deleted for r in results if r.deleted},
         },
     )
-    with write_transaction():
+    with hold.write():
+        run.status, run.finished_at = "finished", finished
+        run.report = json.dumps([asdict(r) for r in results])
         run.save()
         audit(record, finished)
+
+
+def _fail_run(run: PurgeRun, hold: _Hold, actor: str) -> None:
+    """Mark the run failed and audit what it deleted, while the lease is still ours. When that
+    cannot be written (the audit log or the database is down, the lease was lost), the run is
+    left `running`, and the purge that holds the lease next closes it as interrupted, audited."""
+    with suppress(LeaseLost, AuditUnavailable, PeeweeException), hold.write():
+        stored = PurgeRun.get_by_id(run.id)
+        stored.status, stored.finished_at = "failed", datetime.now(UTC)
+        stored.save()
+        record = AuditRecord(
+            actor=actor,
+            action=Action.PURGE,
+            policy_hash=stored.policy_hash,
+            outcome="failed",
+            fields={"run": run.id, "deleted": json.loads(stored.progress)},
+        )
+        audit(record, stored.finished_at)
 
 
 def purge_expired(
@@ -203,37 +280,29 @@ def purge_expired(
     dry_run: bool = False,
     lease_ttl: timedelta = timedelta(minutes=2),
 ) -> PurgeOutcome:
-    """Run one purge (or count what it would delete); raise PurgeBusy if another is running."""
-    holder = new_holder()
-    if not acquire(LEASE, holder, ttl=lease_ttl, now=datetime.now(UTC)):
+    """Run one purge (or count what it would delete); raise PurgeBusy if another is running,
+    LeaseLost if another took the lease over meanwhile (this one then stops, writing nothing)."""
+    hold = _Hold(new_holder(), lease_ttl)
+    if not acquire(LEASE, hold.holder, ttl=lease_ttl, now=datetime.now(UTC)):
         raise PurgeBusy(holder_of(LEASE))
-
-    def keep_lease() -> None:
-        if not renew(LEASE, holder, ttl=lease_ttl, now=datetime.now(UTC)):
-            raise LeaseLost("the purge lease expired; stopping")
-
     run: PurgeRun | None = None
     try:
-        run = _start_run(holder, policies, dry_run, actor)
+        run = _start_run(hold, policies, dry_run, actor)
         progress: dict[str, int] = {}
         results = [
-            _purge_target(
-                t, run=run, progress=progress, batch_size=batch_size, keep_lease=keep_lease
-            )
+            _purge_target(t, run=run, progress=progress, batch_size=batch_size, hold=hold)
             for t in expired_targets(policies, now)
         ]
-        _finish_run(run, results, actor)
+        _finish_run(run, results, actor, hold)
         for result in results:
             PURGED_ROWS.labels(result.kind, result.category).inc(result.deleted)
         return PurgeOutcome(run, results)
     except BaseException:
         if run is not None:
-            PurgeRun.update(status="failed", finished_at=datetime.now(UTC)).where(
-                PurgeRun.id == run.id
-            ).execute()
+            _fail_run(run, hold, actor)
         raise
     finally:
-        release(LEASE, holder)
+        release(LEASE, hold.holder)
 
 
 def run_report(run: PurgeRun) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from flask import Flask
 
+from gateway.errors import GatewayError
 from gateway.retention import PurgeBusy, purge_now
 from gateway.store.db import database
 
@@ -46,6 +47,10 @@ def scheduled_purge(app: Flask) -> dict[str, Any]:
         except PurgeBusy as busy:
             log.info("purge skipped: %s", busy)
             return {"status": "skipped"}
+        except GatewayError as error:
+            # one line, and the scheduler goes on: the next run closes this one and finishes
+            log.error("purge failed: %s: %s", error.code, error)
+            return {"status": "failed", "code": error.code}
         deleted = sum(r.deleted for r in outcome.results)
         log.info("purge run %s finished: %s rows deleted", outcome.run.id, deleted)
         return {"status": "finished", "run": outcome.run.id, "deleted": deleted}

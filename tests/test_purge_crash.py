@@ -18,20 +18,24 @@ import signal
 import socket
 import subprocess
 import time
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from flask import Flask
+from peewee import chunked
 
 from gateway import keyring
 from gateway.audit.chain import entry_body
+from gateway.policy.engine import ConsentEvent, ConsentStatus, consent_status
 from gateway.store.db import database, write_transaction
-from gateway.store.models import AuditEntry, Lease, PurgeRun, Subject
+from gateway.store.models import AuditEntry, ConsentRecord, Lease, PurgeRun, Subject
 from gateway.store.profiles import put_attributes
 from gateway.store.subjects import ensure_subject
 from tests.conftest import GATEWAY, gateway_environment, verify_audit
 from tests.stores import count_rows, insert_events, raw
+from tests.test_purge_consents import changed_meaning
 
 EXPIRED = 60_000  # browsing events 200 days old (retention P90D)
 FRESH = 2_000  # events within their retention, browsing ones among them
@@ -140,17 +144,21 @@ def writers_settled(app: Flask) -> None:
         pass
 
 
-def environment(app: Flask) -> dict[str, str]:
+def environment(app: Flask, batch: int = BATCH) -> dict[str, str]:
     """Settings for `gateway purge`: the app's files, batches of 500, a long lease."""
     # Only the dead-holder check can free the killed run's lease within this test.
-    return gateway_environment(app, PURGE_BATCH_SIZE=str(BATCH), PURGE_LEASE_SECONDS="3600")
+    return gateway_environment(app, PURGE_BATCH_SIZE=str(batch), PURGE_LEASE_SECONDS="3600")
 
 
-def kill_mid_way(app: Flask, at_least: int) -> subprocess.Popen[bytes]:
-    """Start `gateway purge`; SIGKILL it once `at_least` expired rows are gone."""
+def kill_mid_way(
+    app: Flask, at_least: int, table: str = "event", batch: int = BATCH
+) -> subprocess.Popen[bytes]:
+    """Start `gateway purge`; SIGKILL it once `at_least` rows of `table` are gone."""
+    with raw(app.config) as db:
+        (total,) = db.execute(f"SELECT count(*) FROM {table}").fetchone()
     process = subprocess.Popen(
         [str(GATEWAY), "purge"],
-        env=environment(app),
+        env=environment(app, batch),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -158,8 +166,8 @@ def kill_mid_way(app: Flask, at_least: int) -> subprocess.Popen[bytes]:
     try:
         with raw(app.config) as db:
             while True:
-                (left,) = db.execute("SELECT count(*) FROM event").fetchone()
-                if EXPIRED + FRESH - left >= at_least:
+                (left,) = db.execute(f"SELECT count(*) FROM {table}").fetchone()
+                if total - left >= at_least:
                     break
                 assert process.poll() is None, process.communicate()
                 assert time.monotonic() < deadline, "the purge deleted nothing in time"
@@ -253,4 +261,125 @@ def test_a_purge_killed_mid_way_keeps_the_database_consistent_and_the_next_run_f
         cut_off.id + 1,
         {"events:browsing": left},
     )
+    assert verify_audit(app).ok
+
+
+# -- consent records ---------------------------------------------------------------------------
+
+CONSENT_SUBJECTS = 2_500
+CONSENT_BATCH = 25
+REC, ADS, MAIL = "recommendations", "ads_personalization", "email_marketing"
+# Per pattern, one subject's changes in the order they are stored (so ids run against time
+# where a newer record comes first): (purpose, granted, days ago, expires so many days ago).
+CONSENT_PATTERNS = [
+    # an ended grant stored before the open one it supersedes: expired, both go
+    [(REC, True, 100, 10), (REC, True, 200, None)],
+    # an ended grant before an open one: granted, the ended one goes
+    [(REC, True, 20, None), (REC, True, 30, 1)],
+    # open grant, withdrawal, ended grant, stored backwards: expired, then withdrawn
+    [(REC, True, 50, 5), (REC, False, 60, None), (REC, True, 70, None)],
+    # legitimate interest: an expired grant after an objection stays, lawful
+    [(MAIL, True, 50, 5), (MAIL, False, 60, None)],
+    # a grant ended by its own date stored before one past consent_max_age (P6M)
+    [(ADS, True, 100, 3), (ADS, True, 400, None)],
+]
+CONSENTS_LEFT = 0 + 1 + 1 + 2 + 0  # records a finished purge leaves, per five subjects
+
+
+def seed_consents(app: Flask) -> None:
+    """Subjects (no data keys: no purge needs them) with the patterns' consent records, each
+    subject's first change stored before any subject's second, so ids run against time."""
+    now = datetime.now(UTC)
+    with app.app_context(), database.connection_context(), write_transaction():
+        names = [
+            {"pseudonym": f"consenting-{i}", "created_at": now} for i in range(CONSENT_SUBJECTS)
+        ]
+        Subject.insert_many(names).execute()
+        subjects = list(Subject.select().where(Subject.pseudonym.startswith("consenting-")))
+        rows: list[dict[str, Any]] = []
+        for position in range(3):
+            for subject in subjects:
+                pattern = CONSENT_PATTERNS[subject.get_id() % len(CONSENT_PATTERNS)]
+                if position < len(pattern):
+                    rows.append(consent_row(subject, len(rows), pattern[position], now))
+        for chunk in chunked(rows, 1000):  # PostgreSQL takes at most 65535 parameters
+            ConsentRecord.insert_many(chunk).execute()
+
+
+def consent_row(
+    subject: Subject, number: int, change: tuple[str, bool, int, int | None], now: datetime
+) -> dict[str, Any]:
+    """One change of a pattern as a consent_record row."""
+    purpose, granted, days_ago, expired_days_ago = change
+    expires = None if expired_days_ago is None else now - timedelta(days=expired_days_ago)
+    return {
+        "subject": subject,
+        "receipt_id": f"receipt-{number}",
+        "purpose": purpose,
+        "granted": granted,
+        "source": "test",
+        "notice_version": "2025-05",
+        "recorded_at": now - timedelta(days=days_ago),
+        "expires_at": expires,
+        "client": "test",
+        "policy_hash": "test",
+        "signature": "unsigned",
+    }
+
+
+def consent_meanings(app: Flask, at: datetime) -> dict[tuple[int, str], ConsentStatus]:
+    """Every consenting subject's status for every purpose at `at`, as the engine reads it."""
+    with app.app_context(), database.connection_context():
+        purposes = app.extensions["gateway.policies"].purposes
+        histories: dict[tuple[int, str], list[ConsentEvent]] = defaultdict(list)
+        query = ConsentRecord.select().order_by(
+            ConsentRecord.recorded_at, ConsentRecord._meta.primary_key
+        )
+        rows: list[dict[str, Any]] = list(cast(Any, query).dicts())
+        for row in rows:
+            change = ConsentEvent(
+                row["purpose"], row["granted"], row["recorded_at"], row["expires_at"]
+            )
+            histories[row["subject"], row["purpose"]].append(change)
+        subjects = Subject.select().where(Subject.pseudonym.startswith("consenting-"))
+        return {
+            (s.get_id(), p.id): consent_status(p, histories[s.get_id(), p.id], at)
+            for s in subjects
+            for p in purposes.values()
+        }
+
+
+def test_a_consent_purge_killed_mid_way_never_makes_an_expired_consent_count_again(
+    make_app: Any,
+) -> None:
+    app = make_app()
+    seed_consents(app)
+    stored = count_rows(app.config, "SELECT count(*) FROM consent_record")
+    at = datetime.now(UTC) + timedelta(minutes=5)  # past the purge's own `now`
+    before = consent_meanings(app, at)
+
+    killed = kill_mid_way(app, at_least=CONSENT_BATCH, table="consent_record", batch=CONSENT_BATCH)
+
+    assert killed.returncode == -signal.SIGKILL
+    assert integrity(app) == []
+    left = count_rows(app.config, "SELECT count(*) FROM consent_record")
+    expected_left = CONSENTS_LEFT * CONSENT_SUBJECTS // len(CONSENT_PATTERNS)
+    assert expected_left < left <= stored - CONSENT_BATCH, "the purge finished before the kill"
+    assert changed_meaning(before, consent_meanings(app, at)) == {}
+    assert verify_audit(app).ok
+
+    rerun = subprocess.run(
+        [str(GATEWAY), "purge"],
+        env=environment(app, CONSENT_BATCH),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.splitlines()[-1] == f"total deleted: {left - expected_left}", rerun.stdout
+    assert count_rows(app.config, "SELECT count(*) FROM consent_record") == expected_left
+    assert changed_meaning(before, consent_meanings(app, at)) == {}
+    assert [run.status for run in runs(app)] == ["interrupted", "finished"]
     assert verify_audit(app).ok

@@ -32,6 +32,7 @@ from gateway.store.db import database, write_transaction
 from gateway.store.leases import acquire, holder_of, new_holder
 from gateway.store.models import AuditEntry, PurgeRun
 from gateway.store.subjects import ensure_subject
+from tests.api.test_personalize import break_audit, repair_audit
 from tests.conftest import GATEWAY, gateway_environment, verify_audit
 from tests.stores import count_rows, insert_events, raw
 
@@ -255,6 +256,39 @@ LEASES = {
     ),
     "dead_process_here": (dead_local_holder, timedelta(0), timedelta(minutes=10), "finished"),
 }
+
+
+def test_a_scheduled_run_that_cannot_audit_fails_in_one_line_and_the_next_run_audits_it(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(app, expired=30, fresh=6)
+    caplog.set_level(logging.INFO, logger="gateway.scheduler")
+    break_audit(app)
+
+    failed = scheduled_purge(app)
+
+    assert failed == {"status": "failed", "code": "audit_unavailable"}
+    assert "purge failed: audit_unavailable:" in caplog.text
+    assert "Traceback" not in caplog.text
+    # its batches were deleted, but no entry says so yet: the run stays open for the next one
+    assert expired_left(app) == 0
+    with app.app_context(), database.connection_context():
+        first = PurgeRun.select().order_by(PurgeRun.id).first()
+        assert (first.status, json.loads(first.progress)) == ("running", {"events:browsing": 30})
+
+    repair_audit(app)
+    again = scheduled_purge(app)
+
+    assert again["status"] == "finished"
+    with app.app_context(), database.connection_context():
+        first = PurgeRun.get_by_id(first.id)
+        closing = AuditEntry.select().where(AuditEntry.action == "purge").first()
+    assert first.status == "interrupted"
+    assert (closing.outcome, json.loads(closing.fields)) == (
+        "interrupted",
+        {"run": first.id, "deleted": {"events:browsing": 30}},
+    )
+    assert verify_audit(app).ok
 
 
 @pytest.mark.parametrize(

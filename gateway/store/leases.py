@@ -54,7 +54,12 @@ def acquire(name: str, holder: str, *, ttl: timedelta, now: datetime) -> bool:
 
 
 def renew(name: str, holder: str, *, ttl: timedelta, now: datetime) -> bool:
-    """Extend our lease; False if it was lost (then stop the guarded work)."""
+    """Extend our lease; False if it was lost (then stop the guarded work).
+
+    Call it inside the write transaction of the work it guards: the lease cannot change hands
+    before that transaction ends. A lease past its expiry that nobody took over is still ours,
+    since no other holder ran in between.
+    """
     updated: int = (
         Lease.update(expires_at=now + ttl)
         .where((Lease.name == name) & (Lease.holder == holder))
