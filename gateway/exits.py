@@ -6,8 +6,9 @@
     with exit_on_error():                             # around anything else that may fail
         ...
 
-A database error becomes `DatabaseUnavailable`; no traceback reaches the operator for an error
-the gateway knows. Errors it does not know keep their traceback: those are bugs.
+A database error becomes `DatabaseUnavailable` (`store.db.unavailable`); no traceback reaches
+the operator for an error the gateway knows. Errors it does not know keep their traceback:
+those are bugs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any, NoReturn
 import click
 import peewee
 
-from gateway.errors import DatabaseUnavailable, GatewayError
+from gateway.errors import GatewayError
+from gateway.store.db import unavailable
 
 
 def exit_with(error: GatewayError) -> NoReturn:
@@ -39,8 +41,7 @@ def exit_on_error() -> Iterator[None]:
     except GatewayError as error:
         exit_with(error)
     except peewee.PeeweeException as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        exit_with(DatabaseUnavailable(f"the database cannot be used: {reason}"))
+        exit_with(unavailable(exc))
 
 
 class GatewayCommand(click.Command):

@@ -205,19 +205,24 @@ def _purge_target(
     )
 
 
+def _close_unfinished(run: PurgeRun, status: str, actor: str, now: datetime) -> None:
+    """Mark a run that did not finish (`interrupted` or `failed`) and audit what it deleted."""
+    run.status = status
+    run.save()
+    record = AuditRecord(
+        actor=actor,
+        action=Action.PURGE,
+        policy_hash=run.policy_hash,
+        outcome=status,
+        fields={"run": run.id, "deleted": json.loads(run.progress)},
+    )
+    audit(record, now)
+
+
 def _close_interrupted(actor: str, now: datetime) -> None:
     """We hold the lease, so a run still marked running was cut off: record what it did."""
     for run in PurgeRun.select().where(PurgeRun.status == "running"):
-        run.status = "interrupted"
-        record = AuditRecord(
-            actor=actor,
-            action=Action.PURGE,
-            policy_hash=run.policy_hash,
-            outcome="interrupted",
-            fields={"run": run.id, "deleted": json.loads(run.progress)},
-        )
-        run.save()
-        audit(record, now)
+        _close_unfinished(run, "interrupted", actor, now)
 
 
 def _start_run(hold: _Hold, policies: PolicySet, dry_run: bool, actor: str) -> PurgeRun:
@@ -258,17 +263,9 @@ def _fail_run(run: PurgeRun, hold: _Hold, actor: str) -> None:
     cannot be written (the audit log or the database is down, the lease was lost), the run is
     left `running`, and the purge that holds the lease next closes it as interrupted, audited."""
     with suppress(LeaseLost, AuditUnavailable, PeeweeException), hold.write():
-        stored = PurgeRun.get_by_id(run.id)
-        stored.status, stored.finished_at = "failed", datetime.now(UTC)
-        stored.save()
-        record = AuditRecord(
-            actor=actor,
-            action=Action.PURGE,
-            policy_hash=stored.policy_hash,
-            outcome="failed",
-            fields={"run": run.id, "deleted": json.loads(stored.progress)},
-        )
-        audit(record, stored.finished_at)
+        stored = PurgeRun.get_by_id(run.id)  # with the progress its batches wrote
+        stored.finished_at = datetime.now(UTC)
+        _close_unfinished(stored, "failed", actor, stored.finished_at)
 
 
 def purge_expired(

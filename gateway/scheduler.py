@@ -16,10 +16,11 @@ from typing import Any
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from flask import Flask
+from peewee import PeeweeException
 
 from gateway.errors import GatewayError
 from gateway.retention import PurgeBusy, purge_now
-from gateway.store.db import database
+from gateway.store.db import database, unavailable
 
 log = logging.getLogger("gateway.scheduler")
 JOB_ID = "retention-purge"
@@ -47,8 +48,9 @@ def scheduled_purge(app: Flask) -> dict[str, Any]:
         except PurgeBusy as busy:
             log.info("purge skipped: %s", busy)
             return {"status": "skipped"}
-        except GatewayError as error:
-            # one line, and the scheduler goes on: the next run closes this one and finishes
+        except (GatewayError, PeeweeException) as caught:
+            error = unavailable(caught) if isinstance(caught, PeeweeException) else caught
+            # one line, and the scheduler goes on: the next run finishes the job
             log.error("purge failed: %s: %s", error.code, error)
             return {"status": "failed", "code": error.code}
         deleted = sum(r.deleted for r in outcome.results)

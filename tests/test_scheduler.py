@@ -30,7 +30,7 @@ from gateway.retention import LEASE
 from gateway.scheduler import JOB_ID, build_scheduler, cron_trigger, scheduled_purge
 from gateway.store.db import database, write_transaction
 from gateway.store.leases import acquire, holder_of, new_holder
-from gateway.store.models import AuditEntry, PurgeRun
+from gateway.store.models import AuditEntry, PurgeRun, Subject
 from gateway.store.subjects import ensure_subject
 from tests.api.test_personalize import break_audit, repair_audit
 from tests.conftest import GATEWAY, gateway_environment, verify_audit
@@ -256,6 +256,50 @@ LEASES = {
     ),
     "dead_process_here": (dead_local_holder, timedelta(0), timedelta(minutes=10), "finished"),
 }
+
+
+# An event row the database refuses to delete, as a constraint or a failing disk would.
+POISON = {
+    "sqlite": [
+        "CREATE TRIGGER poison BEFORE DELETE ON event WHEN OLD.item_id = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'poison'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF OLD.item_id = 'poison' THEN RAISE EXCEPTION 'poison'; END IF; RETURN OLD; END $$",
+        "CREATE TRIGGER poison BEFORE DELETE ON event FOR EACH ROW EXECUTE FUNCTION poison()",
+    ],
+}
+
+
+def test_a_scheduled_run_that_fails_is_audited_with_what_it_deleted(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(PURGE_BATCH_SIZE=10)
+    seed(app, expired=30, fresh=6)
+    with app.app_context(), database.connection_context(), write_transaction():
+        subject = Subject.select().first().id
+        insert_events([event_row(subject, "view", "poison", datetime.now(UTC) - EXPIRED_AGE)])
+    with raw(app.config) as db:
+        for sql in POISON["postgresql" if db.postgres else "sqlite"]:
+            db.execute(sql)
+    caplog.set_level(logging.INFO, logger="gateway.scheduler")
+
+    outcome = scheduled_purge(app)
+
+    assert outcome == {"status": "failed", "code": "database_unavailable"}
+    assert "purge failed: database_unavailable:" in caplog.text
+    with app.app_context(), database.connection_context():
+        run = PurgeRun.select().first()
+        entry = AuditEntry.select().where(AuditEntry.action == "purge").first()
+    # three whole batches went before the fourth failed, and the log says so
+    assert expired_left(app) == 0
+    assert run.status == "failed" and run.finished_at is not None
+    assert (entry.outcome, json.loads(entry.fields)) == (
+        "failed",
+        {"run": run.id, "deleted": {"events:browsing": 30}},
+    )
+    assert verify_audit(app).ok
 
 
 def test_a_scheduled_run_that_cannot_audit_fails_in_one_line_and_the_next_run_audits_it(

@@ -17,7 +17,8 @@ from flask import Flask, Response, current_app, jsonify
 from peewee import PeeweeException
 from werkzeug.exceptions import HTTPException
 
-from gateway.errors import DatabaseUnavailable, GatewayError, Unavailable
+from gateway.errors import GatewayError, Unavailable
+from gateway.store.db import unavailable
 
 PROBLEM_MIME = "application/problem+json"
 
@@ -80,7 +81,7 @@ def as_gateway_error(error: BaseException) -> GatewayError:
     if isinstance(error, HTTPException):
         return _from_http(error)
     if isinstance(error, PeeweeException):
-        return DatabaseUnavailable("The database is unavailable.")
+        return unavailable(error)
     unexpected = GatewayError(f"{type(error).__name__}: {error}")
     unexpected.client_message = "An unexpected error occurred."
     return unexpected

@@ -21,7 +21,14 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from flask import Flask
-from peewee import Database, DatabaseProxy, OperationalError, PostgresqlDatabase, SqliteDatabase
+from peewee import (
+    Database,
+    DatabaseProxy,
+    OperationalError,
+    PeeweeException,
+    PostgresqlDatabase,
+    SqliteDatabase,
+)
 from playhouse.db_url import connect, parse
 from playhouse.pool import PooledDatabase, PooledSqliteDatabase
 from psycopg.pq import TransactionStatus
@@ -203,6 +210,15 @@ def stream_rows(query: Any, batch: int = 100) -> Iterator[dict[str, Any]]:
             yield dict(zip(names, values, strict=True))
     finally:
         cursor.close()
+
+
+def unavailable(exc: PeeweeException) -> DatabaseUnavailable:
+    """A database driver's error as the error family's DatabaseUnavailable: its first line is for
+    operators (clients are told only that the database is unavailable)."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    error = DatabaseUnavailable(f"the database cannot be used: {reason}")
+    error.__cause__ = exc
+    return error
 
 
 class DatabaseReadOnly(DatabaseUnavailable):
