@@ -96,7 +96,8 @@ def open_database(url: str) -> Database:
     scheme = url.split(":", 1)[0].removesuffix("+pool")
     if scheme not in SCHEMES:
         raise UnsupportedDatabase(
-            f"unsupported database URL {url.split(':', 1)[0]}://: use sqlite or postgresql"
+            f"unsupported database URL {url.split(':', 1)[0]}://: use sqlite or postgresql "
+            "(GATEWAY_DATABASE_URL, GATEWAY_KEYSTORE_URL)"
         )
     options: dict[str, Any] = {"max_connections": None, "stale_timeout": 300}
     if scheme == "sqlite":
