@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import signal
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from gateway.exits import GatewayCommand, GatewayCommands, exit_on_error
 from gateway.policy.documents import load_policy_set
 from gateway.store.clients import Role, client_purposes, create_client, list_clients
 from gateway.store.clients import revoke_client as revoke
-from gateway.store.db import database, write_transaction
+from gateway.store.db import database, sqlite_files, write_transaction
+from gateway.store.keystore import keystore_files
 from gateway.store.migrations import check_keyring, upgrade
 from gateway.store.models import AuditEntry
 
@@ -68,6 +70,7 @@ def initialize(app: Flask) -> Keyring:
     path = Path(app.config["KEYRING"])
     if not path.exists():
         _create_keyring(path)
+    _make_owner_only(home, [path, home / "demo-clients.json", *sqlite_files(), *keystore_files()])
     from gateway import keyring
 
     ring = keyring()
@@ -78,6 +81,20 @@ def initialize(app: Flask) -> Keyring:
     elif before != after:
         click.echo(f"upgraded schema version {before} -> {after}")
     return ring
+
+
+def _make_owner_only(home: Path, files: list[Path]) -> None:
+    """Tighten an instance made before its files were private: the folder 0700, its files
+    0600 (those that exist); nothing that is already as private is touched."""
+    tightened = [
+        found
+        for found, mode in [(home, 0o700), *((file, 0o600) for file in files)]
+        if found.exists() and stat.S_IMODE(found.stat().st_mode) & ~mode
+    ]
+    for found in tightened:
+        found.chmod(0o700 if found.is_dir() else 0o600)
+    if tightened:
+        click.echo(f"made owner-only: {', '.join(str(found) for found in tightened)}")
 
 
 def _create_keyring(path: Path) -> None:

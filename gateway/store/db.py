@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -168,6 +169,16 @@ def write_transaction() -> Iterator[None]:
             yield
     else:
         raise RuntimeError(f"unsupported database: {type(db).__name__}")
+
+
+def sqlite_files(db: Database | DatabaseProxy = database) -> list[Path]:
+    """The files of a SQLite database (the database, its WAL and shared-memory files); none
+    for PostgreSQL."""
+    target = db.obj if isinstance(db, DatabaseProxy) else db
+    if not isinstance(target, SqliteDatabase) or target.database in ("", ":memory:"):
+        return []
+    path = Path(target.database)
+    return [path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")]
 
 
 def fold_wal(db: Database | DatabaseProxy) -> None:

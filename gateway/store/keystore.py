@@ -13,12 +13,13 @@ keyring (crypto-shredding). Back this store up on a short rotation, apart from t
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from flask import Flask
 from peewee import CharField, DatabaseProxy, Model, TextField
 
 from gateway.crypto import sha256_hex
-from gateway.store.db import close_pool, fold_wal, open_database
+from gateway.store.db import close_pool, fold_wal, open_database, sqlite_files
 from gateway.store.models import UTCDateTimeField
 
 keystore = DatabaseProxy()
@@ -48,6 +49,11 @@ def init_app(app: Flask) -> None:
     def _close(_exc: BaseException | None) -> None:
         if not keystore.is_closed():
             keystore.close()  # back to the pool
+
+
+def keystore_files() -> list[Path]:
+    """The keystore's SQLite files (none on PostgreSQL)."""
+    return sqlite_files(keystore)
 
 
 def create_keystore_tables() -> None:

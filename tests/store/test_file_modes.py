@@ -101,3 +101,21 @@ def test_serve_creates_owner_only_files_and_write_ahead_logs(
         call(base, key, "PATCH", "/v1/subjects/sam/attributes", attributes)
 
         assert_owner_only(home, INSTANCE | WAL)
+
+
+@pytest.mark.sqlite
+def test_init_tightens_an_instance_made_before_its_files_were_private(
+    fresh: tuple[Path, dict[str, str]],
+) -> None:
+    home, env = fresh
+    gateway(env, "demo")
+    # as an older version left them: readable by everyone
+    home.chmod(0o755)
+    for path in home.iterdir():
+        path.chmod(0o644)
+
+    said = gateway(env, "init")
+
+    assert_owner_only(home, {*INSTANCE, "demo-clients.json"})
+    assert "made owner-only:" in said and str(home / "keyring.json") in said
+    assert "made owner-only:" not in gateway(env, "init")  # nothing left to tighten
