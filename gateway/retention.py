@@ -29,14 +29,15 @@ from flask import current_app
 from peewee import Expression, Model, PeeweeException, fn
 from playhouse.shortcuts import model_to_dict
 
-from gateway.audit import audit
+from gateway.audit import audit, key_destroyed
 from gateway.audit.chain import Action, AuditRecord, AuditUnavailable
 from gateway.errors import EXIT_TEMPFAIL, Conflict, Unavailable
 from gateway.observability import PURGED_ROWS
 from gateway.policy.model import LegalBasis, PolicySet, Purpose
 from gateway.store.db import database, write_transaction
 from gateway.store.leases import acquire, holder_of, new_holder, release, renew
-from gateway.store.models import Attribute, ConsentRecord, Event, PurgeRun
+from gateway.store.models import Attribute, ConsentRecord, Event, KeyDestruction, PurgeRun
+from gateway.store.subjects import finish_destructions
 
 LEASE = "retention-purge"
 # A pause after each batch's commit: long enough for writers polling for the lock to take it.
@@ -268,6 +269,16 @@ def _fail_run(run: PurgeRun, hold: _Hold, actor: str) -> None:
         _close_unfinished(stored, "failed", actor, stored.finished_at)
 
 
+def _finish_key_destructions(actor: str, policy_hash: str) -> None:
+    """Destroy the keys of erasures cut short after their ordering entry was committed, each
+    confirmed by an entry, so no order waits longer than until the next purge."""
+
+    def confirm(order: KeyDestruction) -> None:
+        audit(key_destroyed(order, actor, policy_hash), datetime.now(UTC))
+
+    finish_destructions(confirm)
+
+
 def purge_expired(
     policies: PolicySet,
     now: datetime,
@@ -284,6 +295,8 @@ def purge_expired(
         raise PurgeBusy(holder_of(LEASE))
     run: PurgeRun | None = None
     try:
+        if not dry_run:
+            _finish_key_destructions(actor, policies.hash)
         run = _start_run(hold, policies, dry_run, actor)
         progress: dict[str, int] = {}
         results = [

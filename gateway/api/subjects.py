@@ -12,7 +12,7 @@ from marshmallow import fields
 from gateway import keyring, policies
 from gateway.api.auth import roles
 from gateway.api.strict import Blueprint, StrictBoolean, StrictSchema, check_subject_id
-from gateway.audit import audit
+from gateway.audit import audit, key_destroyed
 from gateway.audit.chain import Action, AuditRecord, entry_body
 from gateway.store.clients import Role
 from gateway.store.consents import consent_records, receipt
@@ -127,14 +127,7 @@ def _erase_ordering_destruction(pseudonym: str, now: datetime) -> tuple[dict[str
 
 def _confirm_destruction(order: KeyDestruction) -> None:
     """Append the entry saying the key that entry `order.ordered_by` ordered destroyed is gone."""
-    record = _record(
-        Action.SUBJECT_ERASE,
-        order.pseudonym,
-        "key_destroyed",
-        key="destroyed",
-        ordered_by=order.ordered_by,
-    )
-    audit(record, datetime.now(UTC))
+    audit(key_destroyed(order, g.client.name, policies().hash, g.request_id), datetime.now(UTC))
 
 
 @blp.route("/<string:subject_id>/export")

@@ -14,11 +14,11 @@ from datetime import datetime
 
 from flask import current_app
 
-from gateway.audit.chain import AuditRecord, append, sign_checkpoint, timestamp
+from gateway.audit.chain import Action, AuditRecord, append, sign_checkpoint, timestamp
 from gateway.audit.export import export_lines
 from gateway.observability import AUDIT_APPEND_SECONDS
 from gateway.store.db import write_transaction
-from gateway.store.models import AuditCheckpoint, AuditEntry
+from gateway.store.models import AuditCheckpoint, AuditEntry, KeyDestruction
 
 
 def audit(record: AuditRecord, now: datetime) -> AuditEntry:
@@ -28,6 +28,22 @@ def audit(record: AuditRecord, now: datetime) -> AuditEntry:
     every = int(current_app.config["AUDIT_CHECKPOINT_EVERY"])
     with AUDIT_APPEND_SECONDS.time():
         return append(record, now, keyring=keyring(), checkpoint_every=every)
+
+
+def key_destroyed(
+    order: KeyDestruction, actor: str, policy_hash: str, request_id: str | None = None
+) -> AuditRecord:
+    """The entry confirming that the key an erasure entry (`order.ordered_by`) ordered
+    destroyed is gone."""
+    return AuditRecord(
+        actor=actor,
+        action=Action.SUBJECT_ERASE,
+        policy_hash=policy_hash,
+        subject=order.pseudonym,
+        outcome="key_destroyed",
+        fields={"key": "destroyed", "ordered_by": order.ordered_by},
+        request_id=request_id,
+    )
 
 
 def checkpoint_now(record: AuditRecord, now: datetime) -> AuditCheckpoint:

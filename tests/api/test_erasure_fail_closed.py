@@ -194,3 +194,28 @@ def test_a_confirmation_that_cannot_commit_leaves_a_truthful_log_that_the_retry_
 
     assert_completed_by(app, retried, since + 1, since + 1)
     assert entries_after(app, since + 1)[0][3] == {"deleted": NOTHING, "key": "destroy_pending"}
+
+
+def test_the_next_purge_finishes_an_erasure_whose_confirmation_was_cut_short(
+    app: Flask, admin: Caller
+) -> None:
+    seed_erin(admin)
+    since = last_seq(app)
+    with commit_fails(app, "key_destroyed"):
+        assert erase_erin(admin).status_code == 503
+    assert pending_destructions(app) == [(erin_pseudonym(app), since + 1)]
+
+    assert admin.post("/v1/purges", json={"dry_run": False}).status_code == 200
+
+    assert pending_destructions(app) == []
+    assert erin_key(app) is None
+    confirmations = [e for e in entries_after(app, since + 1) if e[2] == "key_destroyed"]
+    assert confirmations == [
+        (
+            "subject.erase",
+            erin_pseudonym(app),
+            "key_destroyed",
+            {"key": "destroyed", "ordered_by": since + 1},
+        )
+    ]
+    assert verify_audit(app).ok
