@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(BIN)/gateway demo
+	$(BIN)/gateway demo --host $(HOST) --port $(PORT)
 	$(BIN)/gateway serve --host $(HOST) --port $(PORT)
 
 lint: install

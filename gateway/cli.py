@@ -313,13 +313,15 @@ def scheduler_command() -> None:
 
 @click.command("demo", cls=GatewayCommand)
 @with_appcontext
-def demo_command() -> None:
+@click.option("--host", default="127.0.0.1", show_default=True, help="For the curl line.")
+@click.option("--port", default=8000, type=int, show_default=True, help="For the curl line.")
+def demo_command(host: str, port: int) -> None:
     """Initialise, then load the demo clients and data once; print a working curl line."""
     from gateway.demo import load_demo
 
     initialize(current_app)
     record_policy_load(current_app)
-    load_demo(current_app)
+    load_demo(current_app, host=host, port=port)
 
 
 def init_app(app: Flask) -> None:

@@ -126,7 +126,7 @@ def curl_example(key: str, host: str = "127.0.0.1", port: int = 8000) -> str:
     )
 
 
-def load_demo(app: Flask) -> None:
+def load_demo(app: Flask, *, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Create the demo clients and data on first run; afterwards just show the keys' file."""
     path = Path(app.config["HOME"]) / "demo-clients.json"
     if path.exists():
@@ -137,5 +137,5 @@ def load_demo(app: Flask) -> None:
         click.echo(f"created demo clients; their keys are in {path}")
         _load_data(app, keys["demo-admin"])
     click.echo("\nTry it (subject alice consented to recommendations; bob and carol did not):\n")
-    click.echo(curl_example(keys["demo-shop"]))
+    click.echo(curl_example(keys["demo-shop"], host, port))
     click.echo()

@@ -254,6 +254,13 @@ def test_demo_prints_a_curl_line_that_works(app: Flask, runner: Any) -> None:
     assert {item["id"] for item in decision["items"]} <= {c["id"] for c in body["candidates"]}
 
 
+def test_demo_prints_the_address_it_is_told_the_gateway_serves_on(runner: Any) -> None:
+    result = runner.invoke(args=["demo", "--host", "0.0.0.0", "--port", "8123"])
+
+    assert result.exit_code == 0, result.output
+    assert "curl -s -X POST 'http://0.0.0.0:8123/v1/personalize?explain=true'" in result.stdout
+
+
 def test_demo_loads_only_once(app: Flask, runner: Any) -> None:
     first = runner.invoke(args=["demo"])
     assert first.exit_code == 0, first.output
