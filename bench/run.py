@@ -5,7 +5,9 @@
 (a) and (b): see bench/personalize.py;
 (c) audit verification vs raw SHA-256 over the same canonical bytes (higher is better; 1 = as fast);
 (d) a retention purge vs one raw SQL DELETE of the same rows (lower is better; 1 = as fast), and
-    the worst latency of personalize requests served while the purge runs.
+    the worst latency of personalize requests served while the purge runs;
+(e) `audit verify --resume` over the new entries of a large log vs a small log verified from
+    scratch: see bench/resume.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.personalize import CANDIDATES, Server, bench_overhead, bench_scale, seed_subject
+from bench.resume import bench_resume, print_resume
 from gateway import create_app, keyring, policies
 from gateway.audit.chain import Action, AuditRecord, append, entry_body
 from gateway.audit.verification import verify_stored
@@ -199,7 +202,9 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=1_000_000, help="(b) large store")
     parser.add_argument("--entries", type=int, default=20_000, help="(c) audit entries")
     parser.add_argument("--rows", type=int, default=1_000_000, help="(d) expired rows")
-    parser.add_argument("--only", default="abcd", help="which benchmarks, e.g. --only bd")
+    parser.add_argument("--log", type=int, default=1_000_000, help="(e) entries in the log")
+    parser.add_argument("--new", type=int, default=1000, help="(e) entries new since the last")
+    parser.add_argument("--only", default="abcde", help="which benchmarks, e.g. --only bd")
     parser.add_argument("--batch-size", type=int, default=None, help="(d) purge batch size")
     args = parser.parse_args()
     if args.batch_size:
@@ -216,6 +221,8 @@ def main() -> None:
             verify = bench_verify(make_app(folder / "c"), args.entries)
         if "d" in args.only:
             purge = bench_purge(make_app(folder / "d"), folder / "d", args.rows)
+        if "e" in args.only:
+            resume = bench_resume(make_app, folder / "e", args.log, args.new)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, "
@@ -238,6 +245,8 @@ def main() -> None:
         )
     if "d" in args.only:
         print_purge(purge)
+    if "e" in args.only:
+        print_resume(resume)
 
 
 def print_overhead(overhead: dict[str, float]) -> None:

@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_EVENTS": 1000,
     "MAX_ATTRIBUTES": 100,
     "AUDIT_CHECKPOINT_EVERY": 100,  # sign the chain head every N entries
+    "AUDIT_VERIFIED_STATE": None,  # the last verified head; default: HOME/audit-verified.json
     # Flask-Limiter reads these names (GATEWAY_RATELIMIT_DEFAULT in the environment)
     "RATELIMIT_DEFAULT": "1200 per minute",
     "RATELIMIT_STORAGE_URI": "memory://",
@@ -56,3 +57,5 @@ def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
         app.config["KEYSTORE_URL"] = f"sqlite:///{home / 'keys.db'}"
     if not app.config["KEYRING"]:
         app.config["KEYRING"] = str(home / "keyring.json")
+    if not app.config["AUDIT_VERIFIED_STATE"]:
+        app.config["AUDIT_VERIFIED_STATE"] = str(home / "audit-verified.json")

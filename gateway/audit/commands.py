@@ -1,6 +1,7 @@
 """`gateway audit ...`: verify (also an export, offline), export, summary, checkpoint.
 
 gateway audit verify                        # exit 1 when the chain is broken
+gateway audit verify --resume               # only the entries since the last verified head
 gateway audit export --since 2026-01-01T00:00:00Z --format jsonl --output audit.jsonl
 gateway audit verify --file audit.jsonl --public-key <base64url>   # no database needed
 """
@@ -15,13 +16,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import click
+from flask import current_app
 from flask.cli import with_appcontext
 
 from gateway.audit import audited_export, checkpoint_now
 from gateway.audit.chain import Action, AuditRecord
 from gateway.audit.export import FORMATS, verify_export
 from gateway.audit.queries import summary
-from gateway.audit.verification import Verification, verify_stored
+from gateway.audit.resume import verify_recorded
+from gateway.audit.verification import Verification
 from gateway.exits import GatewayCommand, GatewayCommands
 from gateway.store.db import database
 from gateway.store.migrations import check_keyring
@@ -44,8 +47,8 @@ class AwareDateTime(click.ParamType):
         return parsed
 
 
-def _report(result: Verification) -> None:
-    shown = {k: v for k, v in asdict(result).items() if k != "last_hash"}
+def _report(result: Verification, **extra: Any) -> None:
+    shown = {**{k: v for k, v in asdict(result).items() if k != "last_hash"}, **extra}
     click.echo(json.dumps(shown, indent=2))
     if not result.ok:
         sys.exit(1)
@@ -78,24 +81,33 @@ def _record(action: Action, **fields: Any) -> AuditRecord:
     help="Verify this export offline instead of the database.",
 )
 @click.option("--public-key", default=None, help="The key the export must be signed with.")
-def verify_command(path: str | None, public_key: str | None) -> None:
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Verify only the entries after the last verified head (AUDIT_VERIFIED_STATE).",
+)
+def verify_command(path: str | None, public_key: str | None, resume: bool) -> None:
     """Verify the chain and its checkpoints; exit 1 naming the first bad seq."""
     if path is not None:
+        if resume:
+            raise click.UsageError("--resume verifies the database, not an export (--file)")
         with open(path, encoding="utf-8", newline="") as handle:
             _report(verify_export(handle, public_key))
         return
-    _verify_database()
+    _verify_database(resume)
 
 
 @with_appcontext
-def _verify_database() -> None:
+def _verify_database(resume: bool) -> None:
     from gateway import keyring
 
     ring = keyring()
+    state = Path(current_app.config["AUDIT_VERIFIED_STATE"])
     with database.connection_context():
         # another keyring's key fails every checkpoint, which would read as tampering
         check_keyring(ring)
-        _report(verify_stored({ring.key_id: ring.public_key}))
+        found = verify_recorded(state, ring, resume=resume, now=datetime.now(UTC))
+    _report(found.result, from_seq=found.from_seq)
 
 
 @audit_group.command("export")

@@ -125,12 +125,18 @@ class ChainVerifier:
         return Verification(True, self.entries, None, None, self.checkpoints, last_seq, self.prev)
 
 
-def stored_records() -> Iterator[tuple[str, dict[str, Any]]]:
-    """Entries in seq order with each checkpoint after its entry, in constant memory."""
+def stored_records(first_seq: int = 1) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Entries from `first_seq` on, in seq order with each checkpoint after its entry, in
+    constant memory (both reads start at `first_seq` through the seq indexes)."""
     fields = [f for f in AuditCheckpoint._meta.sorted_fields if f.name != "id"]  # type: ignore[attr-defined]
-    checkpoints = stream_rows(AuditCheckpoint.select(*fields).order_by(AuditCheckpoint.seq))
+    checkpoints = stream_rows(
+        AuditCheckpoint.select(*fields)
+        .where(AuditCheckpoint.seq >= first_seq)
+        .order_by(AuditCheckpoint.seq)
+    )
     pending = next(checkpoints, None)
-    for row in stream_rows(AuditEntry.select().order_by(AuditEntry.seq)):
+    entries = AuditEntry.select().where(AuditEntry.seq >= first_seq).order_by(AuditEntry.seq)
+    for row in stream_rows(entries):
         entry = row_body(row)
         yield "entry", entry
         while pending is not None and pending["seq"] <= entry["seq"]:
@@ -141,11 +147,14 @@ def stored_records() -> Iterator[tuple[str, dict[str, Any]]]:
         pending = next(checkpoints, None)
 
 
-def verify_stored(public_keys: Mapping[str, str]) -> Verification:
-    """Verify the whole chain held in the database."""
-    verifier = ChainVerifier(public_keys)
+def verify_stored(
+    public_keys: Mapping[str, str], *, first_seq: int = 1, anchor: str = GENESIS
+) -> Verification:
+    """Verify the chain held in the database: all of it, or from `first_seq` on, the entry
+    there linking to `anchor` (the hash of the entry before it, verified earlier)."""
+    verifier = ChainVerifier(public_keys, first_seq=first_seq, anchor=anchor)
     try:
-        for kind, record in stored_records():
+        for kind, record in stored_records(first_seq):
             verifier.feed(kind, record)
             if verifier.broken is not None:
                 break

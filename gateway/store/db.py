@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,7 @@ def fold_wal(db: Database | DatabaseProxy) -> None:
         log.warning("the write-ahead log of %s is in use and was not truncated", target.database)
 
 
-def stream_rows(query: Any, batch: int = 100) -> Iterator[dict[str, Any]]:
+def stream_rows(query: Any, batch: int = 100) -> Generator[dict[str, Any], None, None]:
     """A large query's rows, in constant client memory, as dicts of the values the driver
     returned (no peewee conversion: for tables of text and integers, such as the audit log).
 
