@@ -18,9 +18,16 @@ import time_machine
 from flask import Flask
 
 from gateway import keyring
-from gateway.audit.chain import GENESIS, body_hash
 from gateway.crypto import Keyring, canonical_json
-from tests.audit import CALENDAR, Template, build_history, build_template, copy_template, entry
+from tests.audit import (
+    CALENDAR,
+    Template,
+    build_history,
+    build_template,
+    copy_template,
+    entry,
+)
+from tests.audit.chain.test_tampering import edit_and_rehash, rechain_from, set_column
 from tests.conftest import Caller
 from tests.stores import Raw, drop_store, raw
 
@@ -75,48 +82,9 @@ def tamper(app: Flask, change: Tamper) -> None:
         change(db)
 
 
-def store(db: Raw, body: Json) -> None:
-    """Write `body` over the stored entry of the same seq."""
-    row = {**body, "reasons": json.dumps(body["reasons"]), "fields": json.dumps(body["fields"])}
-    assignments = ", ".join(f"{name} = :{name}" for name in row)
-    db.execute(f"UPDATE audit_entry SET {assignments} WHERE seq = :seq", row)
-
-
 def edit(seq: int) -> Tamper:
     """Change an entry's content and leave its hash: the entry no longer matches it."""
-
-    def change(db: Raw) -> None:
-        db.execute("UPDATE audit_entry SET actor = ? WHERE seq = ?", ("intruder", seq))
-
-    return change
-
-
-def edit_and_rehash(seq: int) -> Tamper:
-    """Change an entry and give it the hash of its new content."""
-
-    def change(db: Raw) -> None:
-        body = {**entry(db, seq), "actor": "intruder"}
-        body["hash"] = body_hash(body)
-        store(db, body)
-
-    return change
-
-
-def rechain_from(seq: int) -> Tamper:
-    """Change an entry, then recompute every hash and link after it, to the head."""
-
-    def change(db: Raw) -> None:
-        (last,) = db.execute("SELECT MAX(seq) FROM audit_entry").fetchone()
-        previous = entry(db, seq - 1)["hash"] if seq > 1 else GENESIS
-        for current in range(seq, last + 1):
-            body = entry(db, current)
-            if current == seq:
-                body["actor"] = "intruder"
-            body["prev_hash"] = previous
-            body["hash"] = previous = body_hash(body)
-            store(db, body)
-
-    return change
+    return set_column(seq, "actor", "intruder")
 
 
 def delete_from(seq: int) -> Tamper:
