@@ -37,7 +37,9 @@ from gateway.store.models import AuditEntry
 def _create_app() -> Flask:
     from gateway import create_app
 
-    return create_app()
+    # A command runs no sealer of its own: it signs and publishes the head after its writes.
+    # (`serve` and `scheduler` run sealers in the background instead.)
+    return create_app({"AUDIT_SEAL_AFTER_COMMIT": True})
 
 
 class GatewayGroup(FlaskGroup):
@@ -70,7 +72,11 @@ def initialize(app: Flask) -> Keyring:
     path = Path(app.config["KEYRING"])
     if not path.exists():
         _create_keyring(path)
-    _make_owner_only(home, [path, home / "demo-clients.json", *sqlite_files(), *keystore_files()])
+    audit_files = [Path(app.config[name]) for name in ("AUDIT_WITNESS", "AUDIT_VERIFIED_STATE")]
+    local = [file for file in audit_files if "://" not in str(file)]  # not a witness URL
+    _make_owner_only(
+        home, [path, home / "demo-clients.json", *local, *sqlite_files(), *keystore_files()]
+    )
     from gateway import keyring
 
     ring = keyring()
@@ -255,6 +261,7 @@ def serve_command(host: str, port: int, workers: int) -> None:
     initialize(current_app)
     record_policy_load(current_app)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app.config["AUDIT_SEAL_AFTER_COMMIT"] = False  # each worker runs a sealer
     serve(app, host=host, port=port, workers=workers)
 
 
@@ -294,6 +301,7 @@ def scheduler_command() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     initialize(app)
+    app.config["AUDIT_SEAL_AFTER_COMMIT"] = False  # the scheduler runs a sealer
     try:
         scheduler = build_scheduler(app)
     except ValueError as exc:

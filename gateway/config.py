@@ -22,8 +22,12 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CANDIDATES": 1000,
     "MAX_EVENTS": 1000,
     "MAX_ATTRIBUTES": 100,
-    "AUDIT_CHECKPOINT_EVERY": 100,  # sign the chain head every N entries
+    "AUDIT_CHECKPOINT_EVERY": 100,  # a signed checkpoint is required every N entries
     "AUDIT_VERIFIED_STATE": None,  # the last verified head; default: HOME/audit-verified.json
+    "AUDIT_HEAD_SECONDS": 1.0,  # the sealer signs and publishes the chain head this often
+    "AUDIT_UNSIGNED_GRACE": 60.0,  # verification fails if entries this old have no signed head
+    "AUDIT_WITNESS": None,  # a file or an http(s) URL; default: HOME/audit-witness.jsonl
+    "AUDIT_SEAL_AFTER_COMMIT": False,  # set by the CLI: a process with no sealer of its own
     # Flask-Limiter reads these names (GATEWAY_RATELIMIT_DEFAULT in the environment)
     "RATELIMIT_DEFAULT": "1200 per minute",
     "RATELIMIT_STORAGE_URI": "memory://",
@@ -57,5 +61,7 @@ def load_config(app: Flask, overrides: Mapping[str, Any] | None = None) -> None:
         app.config["KEYSTORE_URL"] = f"sqlite:///{home / 'keys.db'}"
     if not app.config["KEYRING"]:
         app.config["KEYRING"] = str(home / "keyring.json")
+    if not app.config["AUDIT_WITNESS"]:
+        app.config["AUDIT_WITNESS"] = str(home / "audit-witness.jsonl")
     if not app.config["AUDIT_VERIFIED_STATE"]:
         app.config["AUDIT_VERIFIED_STATE"] = str(home / "audit-verified.json")

@@ -211,6 +211,11 @@ class Keyring:
         except InvalidTag as exc:
             raise KeyringError("data key does not unwrap with this keyring") from exc
 
+    def audit_mac(self, payload: bytes) -> str:
+        """An HMAC of a pending audit entry, under a key derived for that use alone."""
+        key = hmac.new(self.hmac_key, b"audit-pending-entry", hashlib.sha256).digest()
+        return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
     def sign(self, payload: bytes) -> str:
         return _b64(self.signing_key.sign(payload))
 

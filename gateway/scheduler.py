@@ -15,15 +15,18 @@ from typing import Any
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from flask import Flask
 from peewee import PeeweeException
 
+from gateway.audit.sealer import Sealer
 from gateway.errors import GatewayError
 from gateway.retention import PurgeBusy, purge_now
 from gateway.store.db import database, unavailable
 
 log = logging.getLogger("gateway.scheduler")
 JOB_ID = "retention-purge"
+SEAL_JOB_ID = "audit-seal"
 FIELDS = ("second", "minute", "hour", "day", "month", "day_of_week")
 
 
@@ -66,6 +69,13 @@ def build_scheduler(app: Flask) -> BlockingScheduler:
             "max_instances": 1,
             "misfire_grace_time": int(app.config["PURGE_MISFIRE_GRACE_SECONDS"]),
         },
+    )
+    scheduler.add_job(
+        Sealer(app).tick,
+        trigger=IntervalTrigger(seconds=float(app.config["AUDIT_HEAD_SECONDS"])),
+        id=SEAL_JOB_ID,
+        name="audit head seal",
+        replace_existing=True,
     )
     scheduler.add_job(
         scheduled_purge,

@@ -20,6 +20,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 from prometheus_client import multiprocess
 
+from gateway.audit.sealer import Sealer
 from gateway.store import close_connections
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -36,6 +37,19 @@ def ensure_metrics_folder(workers: int) -> None:
     owned = os.environ.pop(OWNED_DIR, None)
     if owned and owned == os.environ.get(MULTIPROC_DIR):
         atexit.register(shutil.rmtree, owned, ignore_errors=True)
+
+
+def _start_sealer(worker: Any) -> None:
+    """Each worker signs and publishes the chain head every AUDIT_HEAD_SECONDS."""
+    app = worker.app.callable
+    worker.gateway_sealer = app.extensions["gateway.sealer"] = Sealer(app)
+    worker.gateway_sealer.start()
+
+
+def _stop_sealer(worker: Any) -> None:
+    sealer = getattr(worker, "gateway_sealer", None)
+    if sealer is not None:
+        sealer.stop()
 
 
 def _worker_exited(_server: Any, worker: Any) -> None:
@@ -66,6 +80,8 @@ def serve(app: Flask, *, host: str, port: int, workers: int) -> None:
         "accesslog": None,
         "graceful_timeout": 10,
         "child_exit": _worker_exited,
+        "post_worker_init": _start_sealer,
+        "worker_exit": lambda _server, worker: _stop_sealer(worker),
     }
     close_connections()  # each worker opens its own; none may share the master's
     # The CLI runs commands inside an app context. Were the workers to inherit it, every request

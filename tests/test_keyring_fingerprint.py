@@ -23,7 +23,7 @@ from gateway.crypto import Keyring
 from gateway.store.db import database
 from gateway.store.migrations import LATEST, current_version
 from tests.conftest import GATEWAY, Caller, free_port, gateway_environment
-from tests.store.test_migrations import NOTICE, rebuild_as, write_history
+from tests.store.test_migrations import NOTICE, as_scheme_1, rebuild_as, write_history
 from tests.stores import count_rows, raw
 
 
@@ -157,6 +157,7 @@ def test_init_upgrades_version_2_and_records_the_fingerprint(
 ) -> None:
     write_history(admin, shop)
     assert runner.invoke(args=["audit", "checkpoint"]).exit_code == 0
+    as_scheme_1(app)  # as the gateway of version 2 wrote it
     rebuild_as(app, 2)
     assert admin.get("/readyz").get_json()["code"] == "schema_outdated"
 
@@ -192,6 +193,7 @@ def test_init_refuses_to_upgrade_version_2_with_a_keyring_that_did_not_write_it(
     assert (count_rows(app.config, "SELECT count(*) FROM audit_checkpoint") == 0) == (
         evidence == "pseudonym"
     )
+    as_scheme_1(app)  # as the gateway of version 2 wrote it
     rebuild_as(app, 2)
     home = tmp_path / "fresh-home"
     settings = {"HOME": str(home)}

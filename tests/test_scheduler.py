@@ -156,7 +156,8 @@ def test_build_scheduler_registers_one_guarded_utc_job(
 
     assert scheduler.state == STATE_STOPPED
     assert scheduler.timezone == UTC
-    [job] = scheduler.get_jobs()
+    assert sorted(job.id for job in scheduler.get_jobs()) == ["audit-seal", JOB_ID]
+    job = scheduler.get_job(JOB_ID)
     assert job.id == JOB_ID == "retention-purge"
     # Until the scheduler starts, a job keeps only what was given to add_job; the scheduler
     # fills in the rest from its job defaults then, exactly like this.

@@ -26,7 +26,7 @@ from gateway.policy.engine import consent_status, grant_expiry
 from gateway.policy.model import Purpose
 from gateway.store.clients import Role
 from gateway.store.consents import as_events, consent_records, receipt, record_consent
-from gateway.store.db import write_transaction
+from gateway.store.db import lock_subject, write_transaction
 from gateway.store.models import ConsentRecord
 from gateway.store.subjects import ensure_subject, find_subject
 
@@ -155,6 +155,8 @@ class SubjectPurposeConsent(MethodView):
         now = datetime.now(UTC)
         pseudonym = keyring().pseudonym(subject_id)
         with write_transaction():
+            # decisions on this subject commit before this change, or wait and see it
+            lock_subject(pseudonym, shared=False)
             subject = ensure_subject(keyring(), pseudonym, now)
             record = record_consent(
                 subject,

@@ -23,15 +23,18 @@ from gateway.api.strict import (
 )
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
+from gateway.errors import Conflict
 from gateway.observability import DECISIONS
 from gateway.policy.engine import Decision, decide
 from gateway.policy.model import Outcome
 from gateway.store.clients import Role
 from gateway.store.consents import as_events, consent_records
-from gateway.store.db import write_transaction
-from gateway.store.models import Subject
+from gateway.store.db import lock_subject, write_transaction
+from gateway.store.models import ConsentRecord, Subject
 from gateway.store.profiles import holdings, read_profile
 from gateway.store.subjects import find_subject
+
+DECIDE_ATTEMPTS = 3  # a decision made on consent that changed meanwhile is made again
 
 blp = Blueprint("personalize", __name__, url_prefix="/v1", description="Governed rankings")
 
@@ -95,6 +98,12 @@ class DecisionSchema(StrictSchema):
     fields_used = fields.List(fields.String())
     fields_dropped = fields.List(fields.Nested(DroppedSchema))
     policy_hash = fields.String()
+
+
+def _consents_changed(pseudonym: str, seen: list[ConsentRecord]) -> bool:
+    """Whether the subject's consent records differ from those a decision was made on."""
+    now = consent_records(find_subject(pseudonym))
+    return [r.receipt_id for r in now] != [r.receipt_id for r in seen]
 
 
 def _rank(
@@ -165,21 +174,36 @@ class Personalize(MethodView):
         """Rank candidates for a subject, personalized only where policy and consent allow."""
         purpose = body["purpose"]
         caller(purpose)
-        now = datetime.now(UTC)
         pseudonym = keyring().pseudonym(body["subject_id"])
-        subject = find_subject(pseudonym)
         gpc = request.headers.get("Sec-GPC", "").strip() == "1"
-        decision = decide(
-            purpose,
-            gpc=gpc,
-            consents=as_events(consent_records(subject)),
-            holdings=holdings(subject),
-            policies=policies(),
-            now=now,
+        for _ in range(DECIDE_ATTEMPTS):
+            now = datetime.now(UTC)
+            subject = find_subject(pseudonym)
+            consents = consent_records(subject)
+            # A change committed is in force, whatever its clock said (another host's may run
+            # ahead of this one's): the decision is made no earlier than any change it read.
+            now = max([now, *(record.recorded_at for record in consents)])
+            decision = decide(
+                purpose,
+                gpc=gpc,
+                consents=as_events(consents),
+                holdings=holdings(subject),
+                policies=policies(),
+                now=now,
+            )
+            ranking = _rank(decision, subject, body, now)
+            decision_id = str(uuid.uuid4())
+            with write_transaction(serialize=False):
+                # The log must show this decision before any consent change it did not see:
+                # a change commits after this (its lock waits for ours), or it has committed
+                # and is seen here, and the decision is made again on what it says.
+                lock_subject(pseudonym, shared=True)
+                if _consents_changed(pseudonym, consents):
+                    continue
+                audit(_audit_record(decision, decision_id, pseudonym), now)
+            DECISIONS.labels(decision.purpose, decision.outcome.value).inc()
+            return _response(decision, decision_id, ranking, explain)
+        raise Conflict(
+            "The subject's consent kept changing while the decision was made; try again.",
+            code="consent_changing",
         )
-        ranking = _rank(decision, subject, body, now)
-        decision_id = str(uuid.uuid4())
-        with write_transaction():
-            audit(_audit_record(decision, decision_id, pseudonym), now)
-        DECISIONS.labels(decision.purpose, decision.outcome.value).inc()
-        return _response(decision, decision_id, ranking, explain)

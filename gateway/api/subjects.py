@@ -12,11 +12,11 @@ from marshmallow import fields
 from gateway import keyring, policies
 from gateway.api.auth import roles
 from gateway.api.strict import Blueprint, StrictBoolean, StrictSchema, check_subject_id
-from gateway.audit import audit, key_destroyed
+from gateway.audit import audit, audit_chained, chain_now, key_destroyed
 from gateway.audit.chain import Action, AuditRecord, entry_body
 from gateway.store.clients import Role
 from gateway.store.consents import consent_records, receipt
-from gateway.store.db import database, fold_wal, write_transaction
+from gateway.store.db import database, fold_wal, lock_subject, write_transaction
 from gateway.store.models import AuditEntry, KeyDestruction
 from gateway.store.profiles import erase, everything
 from gateway.store.subjects import (
@@ -114,14 +114,16 @@ class SubjectData(MethodView):
 def _erase_ordering_destruction(pseudonym: str, now: datetime) -> tuple[dict[str, int], bool]:
     """Delete the subject's data and append the entry ordering its key destroyed, if it has one
     (call in a write); returns the rows deleted per kind and whether a destruction is pending."""
+    lock_subject(pseudonym, shared=False)  # decisions on this subject commit before, or see it
     subject = find_subject(pseudonym)
     deleted = erase(subject) if subject else dict(NOTHING_DELETED)
     fingerprint = unordered_key(pseudonym)
     doomed = fingerprint is not None or destruction_pending(pseudonym)
     key = "destroy_pending" if doomed else "none"
-    entry = audit(_record(Action.SUBJECT_ERASE, pseudonym, "erased", deleted=deleted, key=key), now)
+    record = _record(Action.SUBJECT_ERASE, pseudonym, "erased", deleted=deleted, key=key)
+    entry = audit_chained(record, now)  # chained now: the order names its seq
     if fingerprint is not None:
-        order_destruction(pseudonym, fingerprint, entry.seq, now)
+        order_destruction(pseudonym, fingerprint, entry["seq"], now)
     return deleted, doomed
 
 
@@ -142,6 +144,7 @@ class SubjectExport(MethodView):
             audit(_record(Action.SUBJECT_EXPORT, pseudonym, "exported"), now)
         subject = find_subject(pseudonym)
         attributes, events = everything(subject, keyring()) if subject else ([], [])
+        chain_now(wait=True)  # this request's own entry among them
         entries = (
             AuditEntry.select().where(AuditEntry.subject == pseudonym).order_by(AuditEntry.seq)
         )

@@ -1,32 +1,38 @@
-"""The append-only, hash-chained audit log and its signed checkpoints.
+"""The append-only, hash-chained audit log: what an entry is, how it is hashed and signed.
 
     with write_transaction():
         change_state(...)
-        append(AuditRecord(actor="web-shop", action=Action.CONSENT_GRANT, ...), now,
-               keyring=ring, checkpoint_every=100)
+        audit(AuditRecord(actor="web-shop", action=Action.CONSENT_GRANT, ...), now)
 
 Each entry's hash covers its content, its seq and the previous entry's hash, so an edit,
-deletion, insertion or reordering breaks the chain at that seq. Every `checkpoint_every` entries
-the head is signed with Ed25519, which also fixes everything before it: re-writing the chain
-behind a checkpoint needs the signing key. Appends happen in the caller's write transaction: if
-the append fails, the change it records is rolled back with it.
+deletion, insertion or reordering breaks the chain at that seq. Checkpoints sign an entry's seq
+and hash with Ed25519, which also fixes everything before it: re-writing the chain behind a
+checkpoint needs the signing key.
+
+An entry is first written as a pending row (`pending_row`, protected by an HMAC under a key of
+the keyring) in the transaction of the change it records, and chained later by the sequencer
+(`gateway.audit.sequencer`), so writers never wait for one another's commits.
+
+Scheme 1 hashed HASHED_FIELDS; scheme 2 (the entries chained from schema version 5 on) also
+hashes the scheme and the entry's id, and its checkpoints also sign the checkpoint interval in
+force, which says where the next one must be.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from peewee import PeeweeException
 from playhouse.shortcuts import model_to_dict
 
 from gateway.crypto import Keyring, canonical_json, sha256_hex
 from gateway.errors import Unavailable
-from gateway.store.models import AuditCheckpoint, AuditEntry
+from gateway.store.models import AuditEntry
 
 GENESIS = "0" * 64
 HASHED_FIELDS = (
@@ -44,6 +50,24 @@ HASHED_FIELDS = (
     "decision_id",
     "prev_hash",
 )
+SCHEME = 2
+HASHED_FIELDS_2 = (*HASHED_FIELDS, "scheme", "entry_id")
+# The columns of a pending entry that become the chained entry's content.
+PENDING_FIELDS = (
+    "entry_id",
+    "at",
+    "actor",
+    "action",
+    "subject",
+    "purpose",
+    "outcome",
+    "reasons",
+    "fields",
+    "policy_hash",
+    "request_id",
+    "decision_id",
+)
+MAC_FIELDS = ("id", *PENDING_FIELDS)  # what its HMAC covers: all but the HMAC
 
 
 class Action(StrEnum):
@@ -60,6 +84,9 @@ class Action(StrEnum):
     PURGE = "purge"
     SUBJECT_EXPORT = "subject.export"
     SUBJECT_ERASE = "subject.erase"
+    # chained by the sequencer in place of a pending entry whose HMAC did not verify, or one
+    # chained already (a copy): what was stored, kept as evidence; verification reports it
+    AUDIT_REJECTED = "audit.rejected"
 
 
 class AuditUnavailable(Unavailable):
@@ -107,60 +134,50 @@ def row_body(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def hashed_fields(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The fields an entry's hash covers: those of its scheme."""
+    return HASHED_FIELDS_2 if body.get("scheme") == SCHEME else HASHED_FIELDS
+
+
 def body_hash(body: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of an entry's hashed fields."""
-    return sha256_hex(canonical_json({name: body.get(name) for name in HASHED_FIELDS}))
+    return sha256_hex(canonical_json({name: body.get(name) for name in hashed_fields(body)}))
 
 
-def checkpoint_payload(seq: int, entry_hash: str, at: str, key_id: str) -> bytes:
-    return canonical_json({"seq": seq, "hash": entry_hash, "at": at, "key_id": key_id})
+def checkpoint_payload(
+    seq: int, entry_hash: str, at: str, key_id: str, every: int | None = None
+) -> bytes:
+    """What a checkpoint signs; `every` (scheme 2) is the interval of required checkpoints."""
+    body: dict[str, Any] = {"seq": seq, "hash": entry_hash, "at": at, "key_id": key_id}
+    if every is not None:
+        body["every"] = every
+    return canonical_json(body)
 
 
-def sign_checkpoint(entry: AuditEntry, keyring: Keyring, now: datetime) -> AuditCheckpoint:
-    """Sign the chain up to `entry` (idempotent: one checkpoint per seq)."""
-    existing = AuditCheckpoint.get_or_none(AuditCheckpoint.seq == entry.seq)
-    if existing is not None:
-        return existing
-    at = timestamp(now)
-    signature = keyring.sign(checkpoint_payload(entry.seq, entry.hash, at, keyring.key_id))
-    return AuditCheckpoint.create(
-        seq=entry.seq, hash=entry.hash, at=at, key_id=keyring.key_id, signature=signature
-    )
+def next_required(seq: int, every: int) -> int:
+    """The seq of the checkpoint required after one at `seq` signing interval `every`."""
+    return (seq // every + 1) * every
 
 
-def head() -> AuditEntry | None:
-    return AuditEntry.select().order_by(AuditEntry.seq.desc()).first()
+def pending_row(record: AuditRecord, now: datetime) -> dict[str, Any]:
+    """The stored columns of a new entry (but its HMAC), as the transaction it records writes it."""
+    return {
+        "entry_id": str(uuid.uuid4()),
+        "at": timestamp(now),
+        "actor": record.actor,
+        "action": record.action.value,
+        "subject": record.subject,
+        "purpose": record.purpose,
+        "outcome": record.outcome,
+        "reasons": json.dumps(list(record.reasons)),
+        "fields": json.dumps(record.fields, sort_keys=True),
+        "policy_hash": record.policy_hash,
+        "request_id": record.request_id,
+        "decision_id": record.decision_id,
+    }
 
 
-def append(
-    record: AuditRecord,
-    now: datetime,
-    *,
-    keyring: Keyring | None = None,
-    checkpoint_every: int = 0,
-) -> AuditEntry:
-    """Append one entry at the chain head; call inside `write_transaction()`."""
-    try:
-        last = head()
-        entry = AuditEntry(
-            seq=last.seq + 1 if last else 1,
-            at=timestamp(now),
-            actor=record.actor,
-            action=record.action.value,
-            subject=record.subject,
-            purpose=record.purpose,
-            outcome=record.outcome,
-            reasons=json.dumps(list(record.reasons)),
-            fields=json.dumps(record.fields, sort_keys=True),
-            policy_hash=record.policy_hash,
-            request_id=record.request_id,
-            decision_id=record.decision_id,
-            prev_hash=last.hash if last else GENESIS,
-        )
-        entry.hash = body_hash(entry_body(entry))
-        entry.save(force_insert=True)
-        if keyring is not None and checkpoint_every and entry.seq % checkpoint_every == 0:
-            sign_checkpoint(entry, keyring, now)
-    except PeeweeException as exc:
-        raise AuditUnavailable("the audit entry could not be written") from exc
-    return entry
+def pending_mac(row: Mapping[str, Any], keyring: Keyring) -> str:
+    """The HMAC of a pending entry's columns as stored, its row id (its place in the order the
+    sequencer chains) included."""
+    return keyring.audit_mac(canonical_json({name: row.get(name) for name in MAC_FIELDS}))

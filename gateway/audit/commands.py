@@ -158,7 +158,9 @@ def checkpoint_command() -> None:
     """Sign the chain head now."""
     with database.connection_context():
         checkpoint = checkpoint_now(_record(Action.AUDIT_CHECKPOINT), datetime.now(UTC))
-    click.echo(f"signed seq {checkpoint.seq} ({checkpoint.hash}) with key {checkpoint.key_id}")
+    click.echo(
+        f"signed seq {checkpoint['seq']} ({checkpoint['hash']}) with key {checkpoint['key_id']}"
+    )
 
 
 audit_group.add_command(verify_command)

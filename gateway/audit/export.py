@@ -1,12 +1,15 @@
 """Audit exports that a regulator can verify offline, streamed in constant memory.
 
-    for line in export_lines("jsonl", since, until, keyring, exported_at=now):
+    for line in export_lines("jsonl", since, until, keyring, exported_at=now, every=100):
         out.write(line)
     verify_export(open("audit.jsonl"), public_key=published_key)   # -> Verification
 
-An export is a header (format, public key, the seq range and the hash the range links to), the
-entries in seq order with each signed checkpoint after its entry, and a footer signed over the
-counts of entries and checkpoints, the last hash and the header's digest. Every line is in
+An export is a header (format, public key, the seq range and the hash the range links to, and
+where the first required checkpoint falls), the entries in seq order with each signed checkpoint
+after its entry, and a footer signed over the counts of entries and checkpoints, the last hash
+and the header's digest. Format 2 carries entries and checkpoints of either scheme (scheme 2
+adds `scheme` and `entry_id` to an entry, `every` to a checkpoint); exports of format 1 still
+verify. Every line is in
 canonical form with exactly its record's keys, so verification re-renders each record and any
 changed byte fails, even one that leaves the values readable.
 """
@@ -20,8 +23,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from gateway.audit.chain import GENESIS, HASHED_FIELDS
+from gateway.audit.chain import GENESIS, HASHED_FIELDS, HASHED_FIELDS_2
 from gateway.audit.queries import iter_range, seq_range
+from gateway.audit.sequencer import required_after
 from gateway.audit.verification import ChainVerifier, Verification
 from gateway.crypto import (
     SIGNATURE_ALGORITHM,
@@ -34,37 +38,46 @@ from gateway.errors import InvalidInput
 from gateway.store.db import stream_rows
 from gateway.store.models import AuditCheckpoint
 
-FORMAT = "gateway-audit-export/1"
+FORMAT = "gateway-audit-export/2"
+FORMAT_1 = "gateway-audit-export/1"
 FORMATS = ("jsonl", "csv")
-CSV_COLUMNS = ("record", *HASHED_FIELDS, "hash", "key_id", "signature", "meta")
+CSV_COLUMNS_1 = ("record", *HASHED_FIELDS, "hash", "key_id", "signature", "meta")
+CSV_COLUMNS = (*CSV_COLUMNS_1[:-1], "scheme", "entry_id", "every", "meta")
 JSON_COLUMNS = ("reasons", "fields", "meta")
-INT_COLUMNS = ("seq",)
-# The keys of each kind of record, exactly: a renamed key whose value is null changes no hash.
-RECORD_KEYS = {
-    "header": {
-        "record",
-        "format",
-        "algorithm",
-        "key_id",
-        "public_key",
-        "since",
-        "until",
-        "first_seq",
-        "anchor",
-        "exported_at",
-    },
-    "entry": {"record", *HASHED_FIELDS, "hash"},
-    "checkpoint": {"record", "seq", "hash", "at", "key_id", "signature"},
-    "footer": {
-        "record",
-        "entries",
-        "checkpoints",
-        "last_seq",
-        "last_hash",
-        "header_digest",
-        "signature",
-    },
+INT_COLUMNS = ("seq", "scheme", "every")
+CHECKPOINT_KEYS = {"record", "seq", "hash", "at", "key_id", "signature"}
+# The keys each kind of record may have, exactly: a renamed key whose value is null changes no
+# hash. An entry or a checkpoint has the keys of its scheme.
+RECORD_KEYS: dict[str, list[set[str]]] = {
+    "header": [
+        {
+            "record",
+            "format",
+            "algorithm",
+            "key_id",
+            "public_key",
+            "since",
+            "until",
+            "first_seq",
+            "anchor",
+            "exported_at",
+        }
+    ],
+    "entry": [{"record", *HASHED_FIELDS, "hash"}, {"record", *HASHED_FIELDS_2, "hash"}],
+    "checkpoint": [CHECKPOINT_KEYS, {*CHECKPOINT_KEYS, "every"}],
+    "footer": [
+        {
+            "record",
+            "entries",
+            "checkpoints",
+            "last_seq",
+            "last_hash",
+            "header_digest",
+            "signature",
+        }
+    ],
 }
+RECORD_KEYS["header"].append({*RECORD_KEYS["header"][0], "checkpoint_every", "next_checkpoint"})
 
 
 class ExportFormatError(InvalidInput):
@@ -77,7 +90,7 @@ def _render_jsonl(record: Mapping[str, Any]) -> str:
     return canonical_json(record).decode("utf-8") + "\n"
 
 
-def _render_csv(record: Mapping[str, Any]) -> str:
+def _render_csv(record: Mapping[str, Any], columns: tuple[str, ...] = CSV_COLUMNS) -> str:
     kind = record["record"]
     row: dict[str, Any] = {"record": kind}
     if kind in ("header", "footer"):
@@ -85,7 +98,7 @@ def _render_csv(record: Mapping[str, Any]) -> str:
     else:
         row.update({k: v for k, v in record.items() if k != "record"})
     cells = []
-    for column in CSV_COLUMNS:
+    for column in columns:
         value = row.get(column)
         if column in JSON_COLUMNS and column in row:
             value = canonical_json(value).decode("utf-8")
@@ -95,19 +108,20 @@ def _render_csv(record: Mapping[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def _parse_csv(line: str) -> dict[str, Any]:
+def _parse_csv(line: str, columns: tuple[str, ...] = CSV_COLUMNS) -> dict[str, Any]:
     cells = next(csv.reader([line]))
-    if len(cells) != len(CSV_COLUMNS):
-        raise ExportFormatError(f"expected {len(CSV_COLUMNS)} columns, found {len(cells)}")
-    row = dict(zip(CSV_COLUMNS, cells, strict=True))
+    if len(cells) != len(columns):
+        raise ExportFormatError(f"expected {len(columns)} columns, found {len(cells)}")
+    row = dict(zip(columns, cells, strict=True))
     kind = row["record"]
     if kind in ("header", "footer"):
         return {"record": kind, **json.loads(row["meta"])}
-    names = (
-        HASHED_FIELDS + ("hash",)
-        if kind == "entry"
-        else ("seq", "hash", "at", "key_id", "signature")
-    )
+    names: tuple[str, ...]
+    if kind == "entry":
+        names = (HASHED_FIELDS_2 if row.get("scheme") else HASHED_FIELDS) + ("hash",)
+    else:
+        names = ("seq", "hash", "at", "key_id", "signature")
+        names += ("every",) if row.get("every") else ()
     record: dict[str, Any] = {"record": kind}
     for name in names:
         text = row[name]
@@ -123,17 +137,19 @@ def _parse_csv(line: str) -> dict[str, Any]:
 RENDER = {"jsonl": _render_jsonl, "csv": _render_csv}
 
 
-def parse_line(line: str, fmt: str) -> dict[str, Any]:
-    """Parse one export line, insisting it is exactly the canonical rendering of its record."""
+def parse_line(line: str, fmt: str, columns: tuple[str, ...] = CSV_COLUMNS) -> dict[str, Any]:
+    """Parse one export line, insisting it is exactly the canonical rendering of its record
+    (`columns`: those of the CSV file it is read from)."""
     try:
-        record = json.loads(line) if fmt == "jsonl" else _parse_csv(line)
+        record = json.loads(line) if fmt == "jsonl" else _parse_csv(line, columns)
     except (ValueError, StopIteration, csv.Error) as exc:
         raise ExportFormatError(f"not a record: {exc}") from exc
     if not isinstance(record, dict) or record.get("record") not in RECORD_KEYS:
         raise ExportFormatError("not a record")
-    if set(record) != RECORD_KEYS[record["record"]]:
+    if set(record) not in RECORD_KEYS[record["record"]]:
         raise ExportFormatError(f"not the fields of a {record['record']}")
-    if RENDER[fmt](record) != line:
+    rendered = _render_jsonl(record) if fmt == "jsonl" else _render_csv(record, columns)
+    if rendered != line:
         raise ExportFormatError("not in canonical form")
     return record
 
@@ -162,8 +178,10 @@ def export_lines(
     keyring: Keyring,
     *,
     exported_at: str,
+    every: int,
 ) -> Iterator[str]:
-    """The export as text lines; reads one entry at a time."""
+    """The export as text lines; reads one entry at a time. `every` is the configured interval
+    of required checkpoints."""
     render = RENDER[fmt]
     if fmt == "csv":
         yield ",".join(CSV_COLUMNS) + "\n"
@@ -184,6 +202,9 @@ def export_lines(
         "anchor": anchor,
         "exported_at": exported_at,
     }
+    header["checkpoint_every"], header["next_checkpoint"] = required_after(
+        first if span else None, every
+    )
     header_line = render(header)
     yield header_line
     fields = [f for f in AuditCheckpoint._meta.sorted_fields if f.name != "id"]  # type: ignore[attr-defined]
@@ -225,24 +246,33 @@ def verify_export(lines: Iterable[str], public_key: str | None = None) -> Verifi
     stream = iter(lines)
     first_line = next(stream, "")
     fmt = "jsonl" if first_line.startswith("{") else "csv"
-    if fmt == "csv" and first_line != ",".join(CSV_COLUMNS) + "\n":
+    columns = CSV_COLUMNS_1 if first_line == ",".join(CSV_COLUMNS_1) + "\n" else CSV_COLUMNS
+    if fmt == "csv" and first_line != ",".join(columns) + "\n":
         return Verification(False, 0, None, "the CSV column names are not this format's")
     header_line = first_line if fmt == "jsonl" else next(stream, "")
     try:
-        header = parse_line(header_line, fmt)
+        header = parse_line(header_line, fmt, columns)
     except ExportFormatError as exc:
         return Verification(False, 0, None, f"the header is unreadable: {exc}")
-    if header["record"] != "header" or header.get("format") != FORMAT:
+    # format 1 (before scheme 2) in its own columns and header; format 2 in its own
+    expected = FORMAT_1 if columns == CSV_COLUMNS_1 else FORMAT
+    if fmt == "jsonl":
+        expected = FORMAT if "checkpoint_every" in header else FORMAT_1
+    if header["record"] != "header" or header.get("format") != expected:
         return Verification(False, 0, None, "not an audit export of this format")
     key = header["public_key"]
     if public_key is not None and public_key != key:
         return Verification(False, 0, None, "the export is signed with a different key")
     verifier = ChainVerifier(
-        {header["key_id"]: key}, first_seq=header["first_seq"] or 1, anchor=header["anchor"]
+        {header["key_id"]: key},
+        first_seq=header["first_seq"] or 1,
+        anchor=header["anchor"],
+        every=header.get("checkpoint_every"),
+        due=header.get("next_checkpoint"),
     )
     for line in stream:
         try:
-            record = parse_line(line, fmt)
+            record = parse_line(line, fmt, columns)
         except ExportFormatError as exc:
             return Verification(False, verifier.entries, verifier.expected, f"line: {exc}")
         kind = record["record"]

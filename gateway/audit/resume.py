@@ -24,8 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.audit import verify_database
 from gateway.audit.chain import GENESIS, body_hash, row_body, timestamp
-from gateway.audit.verification import Verification, verify_stored
+from gateway.audit.verification import Verification
 from gateway.crypto import Keyring, canonical_json, verify_signature
 from gateway.errors import ConfigurationError
 from gateway.store.db import stream_rows
@@ -142,7 +143,7 @@ def verify_recorded(path: Path, ring: Keyring, *, resume: bool, now: datetime) -
     broken = check_head(head) if head else None
     if broken is not None:
         return Resumed(start, broken)
-    result = verify_stored({ring.key_id: ring.public_key}, first_seq=start, anchor=anchor)
+    result = verify_database(first_seq=start, anchor=anchor)
     if not result.ok:
         return Resumed(start, result)  # the recorded head stays the last sound one
     if result.last_seq is not None and result.last_hash is not None:

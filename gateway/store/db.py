@@ -3,11 +3,16 @@
 bind("sqlite:///instance/gateway.db")       # or postgresql://user@host/db
 with write_transaction():                   # one writer at a time, across processes
     ...
+with write_transaction(serialize=False):    # PostgreSQL: alongside other such writers
+    lock_subject(pseudonym, shared=True)    # ... ordered only against this subject's changes
+    after_commit(callback)                  # runs once the transaction has committed
 
-Writers are serialized by the database itself, never by a process lock, so any number of worker
-processes keep one audit chain: SQLite's BEGIN IMMEDIATE takes the file's write lock, and on
-PostgreSQL every write transaction first takes one transaction-scoped advisory lock. Reads take
-no lock. Under READ COMMITTED each statement after that lock sees every writer that went before.
+Writers are serialized by the database itself, never by a process lock: SQLite's BEGIN IMMEDIATE
+takes the file's write lock, and on PostgreSQL a write transaction first takes one
+transaction-scoped advisory lock. Reads take no lock. Under READ COMMITTED each statement after
+that lock sees every writer that went before. The hot paths (decisions, audit sequencing) opt out
+of that lock on PostgreSQL: they take only the locks their own order needs (a subject's lock, the
+sequencer's), so the fleet's commits overlap instead of queueing.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,10 @@ log = logging.getLogger("gateway.store")
 # The advisory lock of the gateway's writers: this fixed number and the schema in use, so that
 # gateways in different schemas of one database do not wait for each other.
 WRITER_LOCK = 0x67617465
+# Callbacks to run once the outermost write transaction of this context has committed.
+_AFTER_COMMIT: ContextVar[list[Callable[[], object]] | None] = ContextVar(
+    "after_commit", default=None
+)
 
 BUSY_TIMEOUT_MS = 10_000  # how long a writer waits for the write lock
 SQLITE_PRAGMAS = {
@@ -151,24 +161,79 @@ def _begin_sqlite_write(db: Database) -> Any:
 
 
 @contextmanager
-def write_transaction() -> Iterator[None]:
-    """A transaction that takes the write lock at its start, so writers queue instead of failing."""
+def write_transaction(*, serialize: bool = True) -> Iterator[None]:
+    """A transaction that takes the write lock at its start, so writers queue instead of failing.
+
+    With `serialize=False`, on PostgreSQL, it takes no lock: the caller takes the ones it needs.
+    SQLite has one write lock, which every write transaction takes either way.
+    """
     db = database.obj
     if db.transaction_depth() > 0:  # nested: a savepoint inside the writer's transaction
         with db.atomic():
             yield
-    elif isinstance(db, SqliteDatabase):
-        with ExitStack() as stack:
-            stack.push(_begin_sqlite_write(db))  # entered: its exit commits or rolls back
-            yield
-    elif isinstance(db, PostgresqlDatabase):
-        with db.atomic():
-            db.execute_sql(
-                "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (WRITER_LOCK,)
-            )
-            yield
-    else:
-        raise RuntimeError(f"unsupported database: {type(db).__name__}")
+        return
+    callbacks: list[Callable[[], object]] = []
+    token = _AFTER_COMMIT.set(callbacks)
+    try:
+        if isinstance(db, SqliteDatabase):
+            with ExitStack() as stack:
+                stack.push(_begin_sqlite_write(db))  # entered: its exit commits or rolls back
+                yield
+        elif isinstance(db, PostgresqlDatabase):
+            with db.atomic():
+                if serialize:
+                    db.execute_sql(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
+                        (WRITER_LOCK,),
+                    )
+                yield
+        else:
+            raise RuntimeError(f"unsupported database: {type(db).__name__}")
+    finally:
+        _AFTER_COMMIT.reset(token)
+    for callback in dict.fromkeys(callbacks):  # committed: each distinct callback once
+        callback()
+
+
+def after_commit(callback: Callable[[], object]) -> None:
+    """Run `callback` after the current write transaction commits (never if it rolls back).
+    Outside `write_transaction()` it is not run: the caller's commit is not ours to watch."""
+    callbacks = _AFTER_COMMIT.get()
+    if callbacks is not None:
+        callbacks.append(callback)
+
+
+def serializes_writers(db: Database | DatabaseProxy = database) -> bool:
+    """Whether every write transaction holds the one write lock (SQLite): then a writer may
+    do at once what would otherwise wait for a lock of its own."""
+    target = db.obj if isinstance(db, DatabaseProxy) else db
+    return isinstance(target, SqliteDatabase)
+
+
+def try_lock(key: int, *, wait: bool) -> bool:
+    """Take the transaction-scoped lock `key` (in this schema) on PostgreSQL, waiting for it or
+    not; True once held. On SQLite the write transaction already holds the only lock."""
+    db = database.obj
+    if not isinstance(db, PostgresqlDatabase):
+        return True
+    function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    row = db.execute_sql(
+        f"SELECT {function}(%s, hashtext(current_schema()))::text", (key,)
+    ).fetchone()
+    return wait or row[0] == "true"
+
+
+def lock_subject(pseudonym: str, *, shared: bool) -> None:
+    """Order this transaction against others on the same subject (PostgreSQL; SQLite's writers
+    are ordered already): decisions share the lock, consent changes and erasures take it alone,
+    so a decision commits before a change it did not see, or sees it."""
+    db = database.obj
+    if isinstance(db, PostgresqlDatabase):
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        db.execute_sql(
+            f"SELECT {function}(hashtextextended(current_schema() || '/' || %s, 0))",
+            (pseudonym,),
+        )
 
 
 def sqlite_files(db: Database | DatabaseProxy = database) -> list[Path]:

@@ -29,6 +29,8 @@ from gateway.store.keystore import create_keystore_tables, put_key
 from gateway.store.models import (
     TABLES,
     AuditCheckpoint,
+    AuditEntry,
+    AuditPending,
     BaseModel,
     ConsentRecord,
     KeyDestruction,
@@ -49,6 +51,15 @@ def _add_missing_columns(migrator: SchemaMigrator, model: type[Model]) -> None:
             migrate(migrator.add_column(table, field.column_name, field))
 
 
+def _create_missing(migrator: SchemaMigrator) -> None:
+    """The tables, columns and indexes of today's models that do not exist yet. Columns come
+    before indexes: SQLite would take an index's missing column for a string constant."""
+    for model in TABLES:
+        if model.table_exists():
+            _add_missing_columns(migrator, model)
+    database.create_tables(TABLES, safe=True)
+
+
 def _to_1(migrator: SchemaMigrator, keyring: Keyring) -> None:
     """The unversioned schema: data keys move to the keystore; new tables, columns, indexes."""
     present = {column.name for column in database.get_columns("subject")}
@@ -58,16 +69,14 @@ def _to_1(migrator: SchemaMigrator, keyring: Keyring) -> None:
         for pseudonym, wrapped in rows:
             put_key(pseudonym, wrapped, now)
         migrate(migrator.drop_column("subject", "wrapped_key"))
-    database.create_tables(TABLES, safe=True)  # tables and indexes that did not exist yet
-    for model in TABLES:
-        _add_missing_columns(migrator, model)
+    _create_missing(migrator)
     # Receipts signed so far were signed by the only keyring there was.
     ConsentRecord.update(key_id=keyring.key_id).where(ConsentRecord.key_id == "").execute()
 
 
 def _to_2(migrator: SchemaMigrator, keyring: Keyring) -> None:
     """Indexes on (event type, time) and (attribute name, update time), for purges."""
-    database.create_tables(TABLES, safe=True)  # creates the indexes a table lacks
+    _create_missing(migrator)
 
 
 def _add_keyring_fingerprint(migrator: SchemaMigrator, keyring: Keyring) -> None:
@@ -82,11 +91,20 @@ def _add_key_destructions(migrator: SchemaMigrator, keyring: Keyring) -> None:
     database.create_tables([KeyDestruction], safe=True)
 
 
+def _add_audit_scheme_2(migrator: SchemaMigrator, keyring: Keyring) -> None:
+    """Audit scheme 2: the pending table the sequencer chains from, and each entry's scheme
+    and id (hashed from scheme 2 on; NULL in the entries chained before)."""
+    database.create_tables([AuditPending], safe=True)
+    _add_missing_columns(migrator, AuditEntry)  # entry_id with its unique index
+    _add_missing_columns(migrator, AuditCheckpoint)  # every
+
+
 STEPS: dict[int, Callable[[SchemaMigrator, Keyring], None]] = {
     1: _to_1,
     2: _to_2,
     3: _add_keyring_fingerprint,
     4: _add_key_destructions,
+    5: _add_audit_scheme_2,
 }
 LATEST = max(STEPS)
 
@@ -163,9 +181,16 @@ def _evidence_of_another_keyring(keyring: Keyring) -> str | None:
     """What shows that data written before fingerprints is another keyring's: the latest
     signed audit checkpoint, else the key id of the pseudonyms. None when nothing tells."""
     if AuditCheckpoint.table_exists():  # not in version 0
-        latest = AuditCheckpoint.select().order_by(AuditCheckpoint.seq.desc()).first()
+        # a database from before fingerprints (version 3), or one whose fingerprint row was
+        # deleted; `every` is a column from version 5 on
+        present = {column.name for column in database.get_columns("audit_checkpoint")}
+        columns = [AuditCheckpoint.seq, AuditCheckpoint.hash, AuditCheckpoint.at]
+        columns += [AuditCheckpoint.key_id, AuditCheckpoint.signature]
+        columns += [AuditCheckpoint.every] if "every" in present else []
+        latest = AuditCheckpoint.select(*columns).order_by(AuditCheckpoint.seq.desc()).first()
         if latest is not None:
-            payload = checkpoint_payload(latest.seq, latest.hash, latest.at, latest.key_id)
+            every = latest.every if "every" in present else None
+            payload = checkpoint_payload(latest.seq, latest.hash, latest.at, latest.key_id, every)
             signed = latest.key_id == keyring.key_id and verify_signature(
                 keyring.public_key, latest.signature, payload
             )

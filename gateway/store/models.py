@@ -7,6 +7,7 @@ from typing import Any
 
 from peewee import (
     AutoField,
+    BigAutoField,
     BooleanField,
     CharField,
     DateTimeField,
@@ -120,6 +121,10 @@ class AuditEntry(BaseModel):
     decision_id = CharField(null=True)
     prev_hash = CharField()
     hash = CharField(unique=True)
+    # Scheme 2 on (schema version 5): the scheme and the entry's own id are hashed too.
+    # Entries of scheme 1, chained before, have neither (NULL).
+    scheme = IntegerField(null=True)
+    entry_id = CharField(null=True, unique=True)
 
     class Meta:
         indexes = (
@@ -131,8 +136,34 @@ class AuditEntry(BaseModel):
         )
 
 
+class AuditPending(BaseModel):
+    """An audit entry written in the transaction of what it records, not yet chained.
+
+    `mac` is an HMAC under a key of the keyring (outside the database) over the entry's
+    columns, so an entry edited while it waits here is not chained as if it were true. The
+    sequencer moves entries from here into the chain in `id` order, batch by batch.
+    """
+
+    id = BigAutoField()
+    entry_id = CharField(unique=True)
+    at = CharField()
+    actor = CharField()
+    action = CharField()
+    subject = CharField(null=True)
+    purpose = CharField(null=True)
+    outcome = CharField(null=True)
+    reasons = TextField(default="[]")
+    fields = TextField(default="{}")
+    policy_hash = CharField()
+    request_id = CharField(null=True)
+    decision_id = CharField(null=True)
+    mac = CharField()
+
+
 class AuditCheckpoint(BaseModel):
-    """An Ed25519 signature over (seq, hash, at, key_id) of one audit entry."""
+    """An Ed25519 signature over (seq, hash, at, key_id, every) of one audit entry: a required
+    checkpoint at a multiple of the interval, or a signed head. `every` (NULL before scheme 2)
+    is the interval in force, which places the next required checkpoint."""
 
     id = AutoField()
     seq = IntegerField(unique=True)
@@ -140,6 +171,7 @@ class AuditCheckpoint(BaseModel):
     at = CharField()
     key_id = CharField()
     signature = TextField()
+    every = IntegerField(null=True)
 
 
 class Lease(BaseModel):
@@ -194,6 +226,7 @@ TABLES: list[type[Model]] = [
     Attribute,
     Event,
     AuditEntry,
+    AuditPending,
     AuditCheckpoint,
     Lease,
     PurgeRun,

@@ -33,26 +33,39 @@ NOTHING = {"attributes": 0, "events": 0, "consents": 0}
 # A fault at COMMIT on an erasure's audit entry with the given outcome: the insert succeeds, and
 # the transaction then cannot commit. SQLite: a row breaking a deferred foreign key; PostgreSQL:
 # a deferred constraint trigger that raises.
+AUDIT_TABLES = ("audit_entry", "audit_pending")  # chained entries, and those waiting for it
 COMMIT_FAULT = {
     "sqlite": [
         "CREATE TABLE commit_fault (subject_id INTEGER"
         " REFERENCES subject (id) DEFERRABLE INITIALLY DEFERRED)",
-        "CREATE TRIGGER commit_fault AFTER INSERT ON audit_entry"
-        " WHEN NEW.action = 'subject.erase' AND NEW.outcome = '{outcome}'"
-        " BEGIN INSERT INTO commit_fault VALUES (-1); END",
+        *(
+            f"CREATE TRIGGER commit_fault_{table} AFTER INSERT ON {table}"
+            " WHEN NEW.action = 'subject.erase' AND NEW.outcome = '{outcome}'"
+            " BEGIN INSERT INTO commit_fault VALUES (-1); END"
+            for table in AUDIT_TABLES
+        ),
     ],
     "postgresql": [
         "CREATE FUNCTION commit_fault() RETURNS trigger LANGUAGE plpgsql"
         " AS $$ BEGIN RAISE EXCEPTION 'fault at commit'; END $$",
-        "CREATE CONSTRAINT TRIGGER commit_fault AFTER INSERT ON audit_entry"
-        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
-        " WHEN (NEW.action = 'subject.erase' AND NEW.outcome = '{outcome}')"
-        " EXECUTE FUNCTION commit_fault()",
+        *(
+            f"CREATE CONSTRAINT TRIGGER commit_fault AFTER INSERT ON {table}"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
+            " WHEN (NEW.action = 'subject.erase' AND NEW.outcome = '{outcome}')"
+            " EXECUTE FUNCTION commit_fault()"
+            for table in AUDIT_TABLES
+        ),
     ],
 }
 COMMIT_REPAIR = {
-    "sqlite": ["DROP TRIGGER commit_fault", "DROP TABLE commit_fault"],
-    "postgresql": ["DROP TRIGGER commit_fault ON audit_entry", "DROP FUNCTION commit_fault()"],
+    "sqlite": [
+        *(f"DROP TRIGGER commit_fault_{table}" for table in AUDIT_TABLES),
+        "DROP TABLE commit_fault",
+    ],
+    "postgresql": [
+        *(f"DROP TRIGGER commit_fault ON {table}" for table in AUDIT_TABLES),
+        "DROP FUNCTION commit_fault()",
+    ],
 }
 
 

@@ -633,27 +633,36 @@ def test_limit_truncates_and_ties_keep_caller_order(
 
 # An audit table that refuses every insert, as a full disk or a lost replica would: a trigger
 # that raises, written for the backend the app's database is on.
+AUDIT_TABLES = ("audit_entry", "audit_pending")  # chained entries, and those waiting for it
 AUDIT_DOWN = {
     "sqlite": [
-        "CREATE TRIGGER audit_down BEFORE INSERT ON audit_entry "
+        f"CREATE TRIGGER audit_down_{table} BEFORE INSERT ON {table} "
         "BEGIN SELECT RAISE(ABORT, 'audit down'); END"
+        for table in AUDIT_TABLES
     ],
     "postgresql": [
         "CREATE FUNCTION audit_down() RETURNS trigger LANGUAGE plpgsql "
         "AS $$ BEGIN RAISE EXCEPTION 'audit down'; END $$",
-        "CREATE TRIGGER audit_down BEFORE INSERT ON audit_entry "
-        "FOR EACH ROW EXECUTE FUNCTION audit_down()",
+        *(
+            f"CREATE TRIGGER audit_down BEFORE INSERT ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION audit_down()"
+            for table in AUDIT_TABLES
+        ),
     ],
 }
 AUDIT_UP = {
-    "sqlite": ["DROP TRIGGER audit_down"],
-    "postgresql": ["DROP TRIGGER audit_down ON audit_entry", "DROP FUNCTION audit_down()"],
+    "sqlite": [f"DROP TRIGGER audit_down_{table}" for table in AUDIT_TABLES],
+    "postgresql": [
+        *(f"DROP TRIGGER audit_down ON {table}" for table in AUDIT_TABLES),
+        "DROP FUNCTION audit_down()",
+    ],
 }
 LEAKS = (
     "traceback",
     "audit down",
     "insert",
     "audit_entry",
+    "audit_pending",
     "trigger",
     "sqlite",
     "integrityerror",

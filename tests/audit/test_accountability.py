@@ -389,7 +389,9 @@ def test_a_checkpoint_request_appends_the_entry_it_signs(
     assert entry["hash"] == signed["hash"]
     key = reader.get("/v1/keys/signing").get_json()
     assert signed["key_id"] == key["key_id"]
-    payload = checkpoint_payload(signed["seq"], signed["hash"], signed["at"], signed["key_id"])
+    payload = checkpoint_payload(
+        signed["seq"], signed["hash"], signed["at"], signed["key_id"], signed["every"]
+    )
     assert verify_signature(key["public_key"], signed["signature"], payload)
     assert verify_audit(app).ok
 

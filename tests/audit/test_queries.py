@@ -53,6 +53,8 @@ ENTRY_KEYS = {
     "decision_id",
     "prev_hash",
     "hash",
+    "scheme",
+    "entry_id",
 }
 
 Json = dict[str, Any]
@@ -446,6 +448,7 @@ def test_entries_have_the_documented_shape(
         assert isinstance(entry["fields"], dict)
         assert entry["policy_hash"] == policy_hash
         assert entry["prev_hash"] == previous
+        assert entry["scheme"] == 2 and len(entry["entry_id"]) == 36
         assert len(entry["hash"]) == 64 and entry["hash"] != previous
         previous = entry["hash"]
 

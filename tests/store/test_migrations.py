@@ -7,6 +7,8 @@ backend under test (SQLite or PostgreSQL), and hold rows the current gateway wro
                 key ids, no checkpoints, leases or purge runs, fewer audit indexes
     version 1   before the purge indexes on event (type, at) and attribute (name, updated_at)
     version 2   before the keyring fingerprint and the key destruction table
+    version 4   before audit scheme 2: no pending entries, no entry scheme or id, checkpoints
+                that do not sign their interval; its entries and checkpoints are of scheme 1
 
 After `gateway init` the schema must equal a fresh one, every row must be as it was, and the
 gateway must read it: PII decrypts, receipts and the audit chain verify; a second init does nothing.
@@ -14,10 +16,12 @@ gateway must read it: PII decrypts, receipts and the audit chain verify; a secon
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from flask import Flask
 from playhouse.db_url import parse
 
 from gateway import keyring
+from gateway.audit.chain import GENESIS, HASHED_FIELDS, body_hash, checkpoint_payload
 from gateway.crypto import canonical_json, verify_signature
 from gateway.store.db import database
 from gateway.store.keystore import wrapped_key
@@ -143,7 +148,21 @@ CREATE INDEX attribute_name_updated_at ON attribute (name, updated_at);
 """
 )
 
-OLD_SCHEMAS = {0: VERSION_0, 1: VERSION_1, 2: VERSION_2}
+# The tables of schema version 4: version 2 with the keyring fingerprint and key destructions.
+VERSION_4 = (
+    VERSION_2.replace("VALUES (2)", "VALUES (4)")
+    + """
+CREATE TABLE keyring_fingerprint (id {id}, fingerprint VARCHAR(255) NOT NULL,
+    recorded_at {time} NOT NULL);
+CREATE TABLE key_destruction (id {id}, pseudonym VARCHAR(255) NOT NULL,
+    key_fingerprint VARCHAR(255) NOT NULL, ordered_by INTEGER NOT NULL,
+    ordered_at {time} NOT NULL);
+CREATE UNIQUE INDEX key_destruction_pseudonym_key_fingerprint
+    ON key_destruction (pseudonym, key_fingerprint);
+"""
+)
+
+OLD_SCHEMAS = {0: VERSION_0, 1: VERSION_1, 2: VERSION_2, 4: VERSION_4}
 
 Rows = dict[str, list[dict[str, Any]]]
 Schema = dict[str, tuple[list[Any], list[Any], list[Any]]]
@@ -169,6 +188,34 @@ def write_history(admin: Caller, shop: Caller) -> None:
     assert shop.post("/v1/subjects/alice/events", body).status_code == 200
     personalize = {"subject_id": "alice", "purpose": "recommendations", "candidates": CANDIDATES}
     assert shop.post("/v1/personalize", personalize).status_code == 200
+
+
+def as_scheme_1(app: Flask) -> None:
+    """Make the stored log what a gateway before schema version 5 wrote: entries of scheme 1
+    (no scheme or id, hashed without them) and checkpoints that do not sign an interval."""
+    with app.app_context():
+        ring = keyring()
+    with raw(app.config) as db:
+        rows = db.execute("SELECT * FROM audit_entry ORDER BY seq").fetchall()
+        prev, hashes = GENESIS, {}
+        for row in rows:
+            body = {name: row[name] for name in HASHED_FIELDS if name != "prev_hash"}
+            body.update(prev_hash=prev, reasons=json.loads(body["reasons"]))
+            body["fields"] = json.loads(body["fields"])
+            prev = hashes[row["seq"]] = body_hash(body)
+            db.execute(
+                "UPDATE audit_entry SET scheme = NULL, entry_id = NULL, prev_hash = ?, hash = ? "
+                "WHERE seq = ?",
+                (body["prev_hash"], prev, row["seq"]),
+            )
+        for checkpoint in db.execute("SELECT * FROM audit_checkpoint").fetchall():
+            seq = checkpoint["seq"]
+            payload = checkpoint_payload(seq, hashes[seq], checkpoint["at"], ring.key_id)
+            db.execute(
+                "UPDATE audit_checkpoint SET hash = ?, key_id = ?, signature = ?, every = NULL "
+                "WHERE seq = ?",
+                (hashes[seq], ring.key_id, ring.sign(payload), seq),
+            )
 
 
 def introspect(app: Flask) -> Schema:
@@ -238,6 +285,13 @@ def rebuild_as(app: Flask, version: int) -> None:
             if db.postgres and "id" in names:  # as if the rows had been inserted one by one
                 last = max(row["id"] for row in rows[table])
                 db.execute("SELECT setval(pg_get_serial_sequence(?, 'id'), ?)", (table, last))
+        if "keyring_fingerprint" in tables:  # version 3 on: recorded by the gateway of then
+            with app.app_context():
+                fingerprint = keyring().fingerprint()
+            db.execute(
+                "INSERT INTO keyring_fingerprint (fingerprint, recorded_at) VALUES (?, ?)",
+                (fingerprint, datetime.now(UTC).replace(tzinfo=None)),
+            )
 
 
 def run_init(app: Flask, runner: Any, how: str) -> str:
@@ -269,9 +323,12 @@ def check_upgraded(
     after = stored_rows(app)
     entries = before.pop("audit_entry")
     assert after.pop("audit_entry")[: len(entries)] == entries  # init appends its policy load
+    signed = before.pop("audit_checkpoint", [])
+    assert after.pop("audit_checkpoint", [])[: len(signed)] == signed  # and may sign it
     assert after == before
     assert stored_keys(app) == keys
-    assert admin.get("/readyz").status_code == 200
+    ready = admin.get("/readyz")
+    assert ready.status_code == 200, ready.get_json()
 
     exported = admin.get("/v1/subjects/alice/export").get_json()
     assert {a["name"]: a["value"] for a in exported["attributes"]} == ATTRIBUTES
@@ -364,13 +421,16 @@ def test_an_unversioned_schema_is_upgraded_by_init(
     assert runner.invoke(args=["init"]).output.count("schema version") == 0
 
 
-@pytest.mark.parametrize(("version", "how"), [(0, "runner"), (1, "process"), (2, "runner")])
+@pytest.mark.parametrize(
+    ("version", "how"), [(0, "runner"), (1, "process"), (2, "runner"), (4, "process")]
+)
 def test_an_older_schema_built_by_its_own_ddl_is_upgraded_by_init(
     app: Flask, admin: Caller, shop: Caller, runner: Any, version: int, how: str
 ) -> None:
     write_history(admin, shop)
-    if version == 1:  # checkpoints came with version 1
+    if version >= 1:  # checkpoints came with version 1
         assert runner.invoke(args=["audit", "checkpoint"]).exit_code == 0
+    as_scheme_1(app)
     fresh, before, keys = introspect(app), stored_rows(app), stored_keys(app)
     assert keys and all(keys.values())
     rebuild_as(app, version)

@@ -8,6 +8,7 @@ the signing key could.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ def insert(seq: int) -> Tamper:
             db.execute("UPDATE audit_entry SET seq = ? WHERE seq = ?", (current + 1, current))
         forged = entry(db, seq + 1)
         forged.update(seq=seq, actor="forger", outcome="allow", reasons=["consent_granted"])
+        forged["entry_id"] = str(uuid.uuid4())  # ids are unique: a forgery needs its own
         forged["prev_hash"] = entry(db, seq - 1)["hash"] if seq > 1 else GENESIS
         forged["hash"] = body_hash(forged)
         row = as_row(forged)
@@ -257,9 +259,10 @@ CASES = [
             ("hash", "the next entry's hash", 10),
             ("at", CALENDAR.isoformat(), 10),
             ("key_id", "0badc0de", 10),
-            ("seq", 11, 11),
         ]
     ],
+    # the checkpoint required at 10 is gone from there (and does not sign 11)
+    pytest.param(set_checkpoint(10, "seq", 11), 10, MISSING, id="cp-seq"),
     *[
         pytest.param(rechain_from(k), signed, REWRITTEN, id=f"rechain-from-{k}")
         for k, signed in [(FIRST, 5), (MIDDLE, 15), (15, 15), (21, LAST), (LAST, LAST)]
@@ -311,8 +314,13 @@ def test_a_checkpoint_signs_every_nth_entry(
     for checkpoint in found:
         assert checkpoint["hash"] == hashes[checkpoint["seq"]]
         assert checkpoint["key_id"] == ring.key_id
+        assert checkpoint["every"] == checkpoint_every
         payload = checkpoint_payload(
-            checkpoint["seq"], checkpoint["hash"], checkpoint["at"], checkpoint["key_id"]
+            checkpoint["seq"],
+            checkpoint["hash"],
+            checkpoint["at"],
+            checkpoint["key_id"],
+            checkpoint["every"],
         )
         assert verify_signature(ring.public_key, checkpoint["signature"], payload)
 
@@ -333,9 +341,10 @@ def test_a_checkpoint_on_demand_signs_the_head(
     assert head["action"] == "audit.checkpoint"
     assert signed["seq"] == head["seq"] and signed["hash"] == head["hash"]
     assert signed["key_id"] == key["key_id"]
-    payload = checkpoint_payload(signed["seq"], signed["hash"], signed["at"], signed["key_id"])
+    signed_fields = (signed["hash"], signed["at"], signed["key_id"], signed["every"])
+    payload = checkpoint_payload(signed["seq"], *signed_fields)
     assert verify_signature(key["public_key"], signed["signature"], payload)
-    forged = checkpoint_payload(signed["seq"] - 1, signed["hash"], signed["at"], signed["key_id"])
+    forged = checkpoint_payload(signed["seq"] - 1, *signed_fields)
     assert not verify_signature(key["public_key"], signed["signature"], forged)
     assert checkpoints(chain)[-1] == signed
     report = verify(caller, runner)
