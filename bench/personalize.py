@@ -63,9 +63,12 @@ def seed_subject(app: Any, subject: str, events: int) -> tuple[str, list[dict[st
 
 
 class Server:
-    """bench/server.py in a process of its own, on a free port."""
+    """bench/server.py in a process of its own, on a free port; `settings` (GATEWAY_* names)
+    override the app's."""
 
-    def __init__(self, app: Any, profile: Path, workers: int) -> None:
+    def __init__(
+        self, app: Any, profile: Path, workers: int, settings: dict[str, str] | None = None
+    ) -> None:
         import socket
 
         env = {
@@ -75,6 +78,7 @@ class Server:
             "GATEWAY_KEYSTORE_URL": app.config["KEYSTORE_URL"],
             "GATEWAY_POLICIES": app.config["POLICIES"],
             "GATEWAY_REGISTRY": app.config["REGISTRY"],
+            **(settings or {}),
         }
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway import keyring, policies
-from gateway.audit.chain import GENESIS, HASHED_FIELDS, body_hash, head, timestamp
+from gateway.audit.chain import HASHED_FIELDS, body_hash, timestamp
 from gateway.audit.resume import VerifiedHead, save_head, verify_recorded
+from gateway.audit.sequencer import chain_head
 from gateway.store.db import database, fold_wal, write_transaction
 
 BATCH = 50_000  # rows built and written per executemany: bounded memory
@@ -60,8 +61,7 @@ def seed_chain(count: int) -> tuple[int, str]:
     sql = f'INSERT INTO "audit_entry" ({columns}) VALUES ({marks})'
     at, policy_hash = timestamp(datetime.now(UTC)), policies().hash
     with write_transaction():
-        last = head()
-        seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
+        seq, prev = chain_head()
         end = seq + count
         cursor = database.cursor()
         while seq < end:

@@ -7,7 +7,11 @@
 (d) a retention purge vs one raw SQL DELETE of the same rows (lower is better; 1 = as fast), and
     the worst latency of personalize requests served while the purge runs;
 (e) `audit verify --resume` over the new entries of a large log vs a small log verified from
-    scratch: see bench/resume.py.
+    scratch: see bench/resume.py;
+(f) on PostgreSQL, with 10 ms commits (a synchronous standby, simulated) vs fast ones: personalize
+    throughput, and audited vs plain transactions: see bench/commits.py. It runs when a PostgreSQL
+    server is at hand: GATEWAY_BENCH_POSTGRES_URL, else the local one `scripts/postgres.sh start`
+    starts; each run works in fresh schemas of that database.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.commits import bench_commits, print_commits, server_url
 from bench.personalize import CANDIDATES, Server, bench_overhead, bench_scale, seed_subject
 from bench.resume import bench_resume, print_resume
 from gateway import create_app, keyring, policies
-from gateway.audit.chain import Action, AuditRecord, append, entry_body
+from gateway.audit.chain import Action, AuditRecord, entry_body
+from gateway.audit.sequencer import append_chained
 from gateway.audit.verification import verify_stored
 from gateway.cli import initialize
 from gateway.crypto import canonical_json
@@ -70,7 +76,7 @@ def bench_verify(app: Any, entries: int) -> dict[str, float]:
                 request_id=f"r{n}",
                 decision_id=f"d{n}",
             )
-            append(record, now)
+            append_chained(record, now, keyring(), 100)
     with app.app_context(), database.connection_context():
         ring = keyring()
         started = time.perf_counter()
@@ -197,16 +203,25 @@ def bench_purge(app: Any, home: Path, rows: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="(a) server workers")
-    parser.add_argument("--seconds", type=float, default=10, help="(a) per throughput run")
+    parser.add_argument("--seconds", type=float, default=10, help="(a), (f) per throughput arm")
     parser.add_argument("--samples", type=int, default=1000, help="(a) latency samples")
     parser.add_argument("--subjects", type=int, default=1_000_000, help="(b) large store")
     parser.add_argument("--entries", type=int, default=20_000, help="(c) audit entries")
     parser.add_argument("--rows", type=int, default=1_000_000, help="(d) expired rows")
     parser.add_argument("--log", type=int, default=1_000_000, help="(e) entries in the log")
     parser.add_argument("--new", type=int, default=1000, help="(e) entries new since the last")
-    parser.add_argument("--only", default="abcde", help="which benchmarks, e.g. --only bd")
+    parser.add_argument("--only", default=None, help="which benchmarks, e.g. --only bd")
     parser.add_argument("--batch-size", type=int, default=None, help="(d) purge batch size")
     args = parser.parse_args()
+    postgres = None
+    if args.only is None or "f" in args.only:
+        postgres = server_url()
+        if postgres is None and args.only is not None:
+            parser.error("(f) needs PostgreSQL: set GATEWAY_BENCH_POSTGRES_URL")
+        if postgres is None:
+            print("(f) skipped: no PostgreSQL (set GATEWAY_BENCH_POSTGRES_URL)")
+    if args.only is None:
+        args.only = "abcdef" if postgres else "abcde"
     if args.batch_size:
         os.environ["GATEWAY_PURGE_BATCH_SIZE"] = str(args.batch_size)
     with tempfile.TemporaryDirectory() as name:
@@ -223,6 +238,8 @@ def main() -> None:
             purge = bench_purge(make_app(folder / "d"), folder / "d", args.rows)
         if "e" in args.only:
             resume = bench_resume(make_app, folder / "e", args.log, args.new)
+        if "f" in args.only and postgres:
+            commits = bench_commits(folder / "f", postgres, args.seconds)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, "
@@ -247,6 +264,8 @@ def main() -> None:
         print_purge(purge)
     if "e" in args.only:
         print_resume(resume)
+    if "f" in args.only:
+        print_commits(commits)
 
 
 def print_overhead(overhead: dict[str, float]) -> None:
