@@ -53,20 +53,7 @@ HASHED_FIELDS = (
 SCHEME = 2
 HASHED_FIELDS_2 = (*HASHED_FIELDS, "scheme", "entry_id")
 # The columns of a pending entry that become the chained entry's content.
-PENDING_FIELDS = (
-    "entry_id",
-    "at",
-    "actor",
-    "action",
-    "subject",
-    "purpose",
-    "outcome",
-    "reasons",
-    "fields",
-    "policy_hash",
-    "request_id",
-    "decision_id",
-)
+PENDING_FIELDS = ("entry_id", *HASHED_FIELDS[1:-1])  # the content: all hashed but seq and link
 MAC_FIELDS = ("id", *PENDING_FIELDS)  # what its HMAC covers: all but the HMAC
 
 

@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from peewee import fn
-from playhouse.shortcuts import model_to_dict
 
 from gateway.audit.chain import (
     GENESIS,
@@ -62,11 +61,6 @@ class Broken(GatewayError):
     def __init__(self, seq: int, problem: str) -> None:
         super().__init__(f"seq {seq}: {problem}")
         self.seq, self.problem = seq, problem
-
-
-def checkpoint_body(checkpoint: AuditCheckpoint) -> dict[str, Any]:
-    body: dict[str, Any] = model_to_dict(checkpoint, exclude=[AuditCheckpoint.id])
-    return body
 
 
 class ChainVerifier:
