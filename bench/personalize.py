@@ -25,7 +25,8 @@ from typing import Any
 from gateway import keyring
 from gateway.store.clients import Role, create_client
 from gateway.store.db import database, write_transaction
-from gateway.store.models import ConsentRecord, Event, Subject
+from gateway.store.models import ConsentRecord, Subject
+from tests.stores import insert_events
 
 ROOT = Path(__file__).resolve().parent.parent
 CANDIDATES = [
@@ -192,9 +193,33 @@ def bench_overhead(
     }
 
 
-def seed_subjects(app: Any, count: int) -> list[str]:
-    """`count` subjects, each with a granted consent and two events, written in bulk; returns
-    the raw ids of a sample of them."""
+# A realistic history for (b): 50 events in five visits (days) of the last three weeks, three
+# event types, three item categories.
+VISITS = (1, 4, 9, 15, 20)  # days ago
+
+
+def _events(subject: int, per_subject: int, now: datetime) -> list[tuple[Any, ...]]:
+    """Event rows of one subject as `insert_events` takes them: two recent views (the store of
+    the first measurements) or a history of `per_subject` events in five visits."""
+    if per_subject == 2:
+        at = now - timedelta(hours=1)
+        return [
+            (subject, "shop_events", k, f"i-{subject}", "shoes", False, at, now)
+            for k in ("view", "click")
+        ]
+    rows = []
+    for n in range(per_subject):
+        day = VISITS[n % len(VISITS)]
+        at = now - timedelta(days=day, minutes=n)
+        kind = ("view", "click", "add_to_cart")[n % 3]
+        category = ("shoes", "books", "garden")[n % 7 % 3]
+        rows.append((subject, "shop_events", kind, f"i-{n}", category, False, at, now))
+    return rows
+
+
+def seed_subjects(app: Any, count: int, per_subject: int = 2) -> list[str]:
+    """`count` subjects, each with a granted consent and `per_subject` events, written in bulk;
+    returns the raw ids of a sample of them."""
     ring = keyring()
     now = datetime.now(UTC)
     batch = 5000
@@ -228,22 +253,7 @@ def seed_subjects(app: Any, count: int) -> list[str]:
                     for s in rows
                 ]
             ).execute()
-            Event.insert_many(
-                [
-                    {
-                        "subject": s,
-                        "database": "shop_events",
-                        "type": kind,
-                        "item_id": f"i-{s}",
-                        "item_category": "shoes",
-                        "sealed": False,
-                        "at": now - timedelta(hours=1),
-                        "received_at": now,
-                    }
-                    for s in rows
-                    for kind in ("view", "click")
-                ]
-            ).execute()
+            insert_events([row for s in rows for row in _events(s, per_subject, now)])
     return [f"subject-{n}" for n in random.Random(7).sample(range(count), min(count, 500))]
 
 
@@ -265,18 +275,23 @@ def decision_p50(app: Any, subjects: list[str], key: str, rounds: int) -> float:
 
 
 def bench_scale(
-    make_app: Callable[[Path], Any], folder: Path, small: int, large: int, rounds: int
+    make_app: Callable[[Path], Any],
+    folder: Path,
+    small: int,
+    large: int,
+    rounds: int,
+    per_subject: int = 2,
 ) -> dict[str, float]:
     """Seed both stores, then time small, large, small again: the baseline is the mean of the
     two small runs, so warm-up and drift do not favour either side."""
-    results: dict[str, float] = {"small": small, "large": large}
+    results: dict[str, float] = {"small": small, "large": large, "events": per_subject}
     seeded: dict[str, tuple[list[str], str]] = {}
     for name, count in (("small", small), ("large", large)):
         app = make_app(folder / name)
         with app.app_context(), database.connection_context():
             _, key = create_client("bench-app", Role.APP, ["recommendations"], datetime.now(UTC))
             started = time.perf_counter()
-            seeded[name] = (seed_subjects(app, count), key)
+            seeded[name] = (seed_subjects(app, count, per_subject), key)
             results[f"{name}_seed_s"] = time.perf_counter() - started
     timings = []
     for name in ("small", "large", "small"):

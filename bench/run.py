@@ -2,7 +2,8 @@
 
     make bench            # or: .venv/bin/python -m bench.run --subjects 1000000 --rows 1000000
 
-(a) and (b): see bench/personalize.py;
+(a) and (b): see bench/personalize.py; (b) runs twice, with 2 events per subject (the first
+    measurements) and with a realistic history of 50;
 (c) audit verification vs raw SHA-256 over the same canonical bytes (higher is better; 1 = as fast);
 (d) a retention purge vs one raw SQL DELETE of the same rows (lower is better; 1 = as fast), and
     the worst latency of personalize requests served while the purge runs;
@@ -11,7 +12,9 @@
 (f) on PostgreSQL, with 10 ms commits (a synchronous standby, simulated) vs fast ones: personalize
     throughput, and audited vs plain transactions: see bench/commits.py. It runs when a PostgreSQL
     server is at hand: GATEWAY_BENCH_POSTGRES_URL, else the local one `scripts/postgres.sh start`
-    starts; each run works in fresh schemas of that database.
+    starts; each run works in fresh schemas of that database;
+(h) decision p50 for a subject with 10,000 events against one with 10: see bench/history.py.
+(g) belongs to the policy preview.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.commits import bench_commits, print_commits, server_url
+from bench.history import bench_history, print_history
 from bench.personalize import CANDIDATES, Server, bench_overhead, bench_scale, seed_subject
 from bench.resume import bench_resume, print_resume
 from gateway import create_app, keyring, policies
@@ -206,6 +210,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="(a), (f) per throughput arm")
     parser.add_argument("--samples", type=int, default=1000, help="(a) latency samples")
     parser.add_argument("--subjects", type=int, default=1_000_000, help="(b) large store")
+    parser.add_argument("--rounds", type=int, default=300, help="(h) calls per subject")
     parser.add_argument("--entries", type=int, default=20_000, help="(c) audit entries")
     parser.add_argument("--rows", type=int, default=1_000_000, help="(d) expired rows")
     parser.add_argument("--log", type=int, default=1_000_000, help="(e) entries in the log")
@@ -221,7 +226,7 @@ def main() -> None:
         if postgres is None:
             print("(f) skipped: no PostgreSQL (set GATEWAY_BENCH_POSTGRES_URL)")
     if args.only is None:
-        args.only = "abcdef" if postgres else "abcde"
+        args.only = "abcdefh" if postgres else "abcdeh"
     if args.batch_size:
         os.environ["GATEWAY_PURGE_BATCH_SIZE"] = str(args.batch_size)
     with tempfile.TemporaryDirectory() as name:
@@ -231,7 +236,12 @@ def main() -> None:
                 make_app, folder / "a", args.workers, args.seconds, args.samples
             )
         if "b" in args.only:
-            scale = bench_scale(make_app, folder / "b", 1000, args.subjects, 2000)
+            scales = [
+                bench_scale(make_app, folder / f"b{events}", 1000, args.subjects, 2000, events)
+                for events in (2, 50)
+            ]
+            for events in (2, 50):
+                shutil.rmtree(folder / f"b{events}", ignore_errors=True)
         if "c" in args.only:
             verify = bench_verify(make_app(folder / "c"), args.entries)
         if "d" in args.only:
@@ -240,6 +250,8 @@ def main() -> None:
             resume = bench_resume(make_app, folder / "e", args.log, args.new)
         if "f" in args.only and postgres:
             commits = bench_commits(folder / "f", postgres, args.seconds)
+        if "h" in args.only:
+            history = bench_history(make_app, folder / "h", args.rounds)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, "
@@ -250,11 +262,13 @@ def main() -> None:
     if "a" in args.only:
         print_overhead(overhead)
     if "b" in args.only:
-        print(
-            f"| (b) decision p50, {int(scale['large']):,} subjects | {scale['large_p50']:.2f} ms | "
-            f"{int(scale['small']):,} subjects: {scale['small_p50']:.2f} ms | "
-            f"{scale['ratio']:.2f} | <= 1.2 |"
-        )
+        for scale in scales:
+            print(
+                f"| (b) decision p50, {int(scale['large']):,} subjects, "
+                f"{int(scale['events'])} events each | {scale['large_p50']:.2f} ms | "
+                f"{int(scale['small']):,} subjects: {scale['small_p50']:.2f} ms | "
+                f"{scale['ratio']:.2f} | <= 1.2 |"
+            )
     if "c" in args.only:
         print(
             f"| (c) audit verify, {verify['entries']:,} entries | {verify['verify_s']:.3f} s | "
@@ -266,6 +280,8 @@ def main() -> None:
         print_resume(resume)
     if "f" in args.only:
         print_commits(commits)
+    if "h" in args.only:
+        print_history(history)
 
 
 def print_overhead(overhead: dict[str, float]) -> None:

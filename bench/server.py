@@ -24,8 +24,8 @@ from gateway.serve import ensure_metrics_folder, serve
 def load_profile(path: str) -> scoring.Profile:
     with open(path) as file:
         events = json.load(file)
-    return scoring.Profile(
-        events=tuple(
+    return scoring.Profile.of_events(
+        tuple(
             scoring.ProfileEvent(
                 e["type"], e["item_id"], e["category"], datetime.fromisoformat(e["at"])
             )

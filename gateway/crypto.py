@@ -6,6 +6,7 @@ Each output is tagged with its scheme version and key id so keys can rotate::
     keyring.save(Path("instance/keyring.json"))          # mode 0600, never overwritten
     data_key, wrapped = keyring.new_data_key()           # per-subject key, stored wrapped
     token = encrypt_field(data_key, "a@example.com", context="attr:crm:email")
+    label = encrypt_label(data_key, "books", context="event:shop:purchase")   # same in, same out
     keyring.pseudonym("user-42")                         # HMAC, stable, not reversible
     signature = keyring.sign(canonical_json({"hello": "world"}))
     keyring.matches_fingerprint(recorded)                # is this the keyring that wrote it?
@@ -19,6 +20,7 @@ import hmac
 import json
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -27,11 +29,14 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.errors import EXIT_USAGE, Unavailable
 
 SCHEME = "v1"
+LABEL_TAG = "dl"  # the tag of `encrypt_label`'s tokens
 SIGNATURE_ALGORITHM = "Ed25519"
 
 
@@ -93,6 +98,29 @@ def encrypt_field(data_key: bytes, plaintext: str, context: str) -> str:
     return f"{SCHEME}:dk:{_b64(sealed)}"
 
 
+def _label_key(data_key: bytes) -> bytes:
+    """The AES-SIV key of a subject's labels, derived from its data key (gone with it)."""
+    return HKDF(SHA256(), length=64, salt=None, info=b"gateway label").derive(data_key)
+
+
+def encrypt_label(data_key: bytes, plaintext: str, context: str) -> str:
+    """Encrypt a value that rows are grouped or looked up by (an event's item category or id):
+    deterministic, so one subject's equal labels in one context encrypt alike and a database
+    can count and find them, and authenticated like `encrypt_field`. It shows which of the
+    subject's labels are equal, no more; destroying the data key makes it unreadable like every
+    other field."""
+    return encrypt_labels(data_key, [plaintext], context)[0]
+
+
+def encrypt_labels(data_key: bytes, plaintexts: Iterable[str], context: str) -> list[str]:
+    """`encrypt_label` of many values, deriving the key once."""
+    cipher, aad = AESSIV(_label_key(data_key)), [context.encode("utf-8")]
+    return [
+        f"{SCHEME}:{LABEL_TAG}:{_b64(cipher.encrypt(text.encode('utf-8'), aad))}"
+        for text in plaintexts
+    ]
+
+
 def _parse(token: str) -> tuple[str, str, bytes]:
     """Split a `scheme:key-id:base64` token; a malformed one is a KeyringError like a bad key."""
     try:
@@ -103,11 +131,16 @@ def _parse(token: str) -> tuple[str, str, bytes]:
 
 
 def decrypt_field(data_key: bytes, token: str, context: str) -> str:
+    """Decrypt a token of `encrypt_field` or `encrypt_label`."""
     scheme, tag, sealed = _parse(token)
-    if scheme != SCHEME or tag != "dk":
+    if scheme != SCHEME or tag not in ("dk", LABEL_TAG):
         raise KeyringError(f"unknown field encryption scheme {scheme}:{tag}")
     try:
-        return _open(data_key, sealed, context.encode("utf-8")).decode("utf-8")
+        if tag == LABEL_TAG:
+            opened = AESSIV(_label_key(data_key)).decrypt(sealed, [context.encode("utf-8")])
+        else:
+            opened = _open(data_key, sealed, context.encode("utf-8"))
+        return opened.decode("utf-8")
     except InvalidTag as exc:
         raise KeyringError("field does not decrypt with this subject's key") from exc
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.policy.model import ScoringRules, Segment
 from gateway.scoring import (
@@ -12,6 +15,8 @@ from gateway.scoring import (
     Profile,
     ProfileEvent,
     Ranking,
+    Tally,
+    category_affinity,
     rank,
     rank_popular,
 )
@@ -46,7 +51,7 @@ SHOES, BOOKS, TOYS = Candidate("s1", "shoes"), Candidate("b1", "books"), Candida
 
 
 def test_half_life_old_event_weighs_half_a_fresh_one() -> None:
-    profile = Profile(events=[seen("shoes", timedelta(0)), seen("books", HALF_LIFE)])
+    profile = Profile.of_events([seen("shoes", timedelta(0)), seen("books", HALF_LIFE)])
 
     ranking = rank([BOOKS, SHOES, TOYS], profile, RULES, now=NOW, limit=10)
 
@@ -57,7 +62,7 @@ def test_half_life_old_event_weighs_half_a_fresh_one() -> None:
 @pytest.mark.parametrize("days", [1, 3.5, 7, 21, 40])
 def test_affinity_decays_exponentially(days: float) -> None:
     age = timedelta(days=days)
-    profile = Profile(events=[seen("shoes", timedelta(0)), seen("books", age)])
+    profile = Profile.of_events([seen("shoes", timedelta(0)), seen("books", age)])
 
     ranking = rank([SHOES, BOOKS], profile, RULES, now=NOW, limit=10)
 
@@ -75,7 +80,7 @@ def test_affinity_sums_events_and_is_scaled_to_the_top_category() -> None:
     books = decay(timedelta(days=1))
     toys = decay(timedelta(days=30))
 
-    ranking = rank([TOYS, BOOKS, SHOES], Profile(events=events), RULES, now=NOW, limit=10)
+    ranking = rank([TOYS, BOOKS, SHOES], Profile.of_events(events), RULES, now=NOW, limit=10)
 
     assert ids(ranking) == ["s1", "b1", "t1"]
     assert scores(ranking)["s1"] == 1.0
@@ -94,7 +99,7 @@ def test_event_weights_multiply_the_decayed_count() -> None:
     shoes = 3.0 * decay(timedelta(days=7))
     books = 0.5 * decay(timedelta(0)) + 1.0 * decay(timedelta(days=28))
 
-    ranking = rank([BOOKS, SHOES], Profile(events=events), rules, now=NOW, limit=10)
+    ranking = rank([BOOKS, SHOES], Profile.of_events(events), rules, now=NOW, limit=10)
 
     assert ids(ranking) == ["s1", "b1"]
     assert scores(ranking)["b1"] == pytest.approx(books / shoes, abs=1e-6)
@@ -102,7 +107,7 @@ def test_event_weights_multiply_the_decayed_count() -> None:
 
 def test_zero_event_weight_gives_no_affinity() -> None:
     rules = ScoringRules(half_life=HALF_LIFE, event_weights={"view": 0.0})
-    profile = Profile(events=[seen("shoes", timedelta(0))])
+    profile = Profile.of_events([seen("shoes", timedelta(0))])
 
     ranking = rank([SHOES], profile, rules, now=NOW, limit=10)
 
@@ -111,7 +116,7 @@ def test_zero_event_weight_gives_no_affinity() -> None:
 
 
 def test_event_in_the_future_counts_as_fresh() -> None:
-    profile = Profile(events=[seen("shoes", -timedelta(hours=1)), seen("books", timedelta(0))])
+    profile = Profile.of_events([seen("shoes", -timedelta(hours=1)), seen("books", timedelta(0))])
 
     ranking = rank([BOOKS, SHOES], profile, RULES, now=NOW, limit=10)
 
@@ -158,9 +163,8 @@ def test_segment_adds_its_weight_only_on_equal_values(
 
 def test_segment_weight_adds_to_affinity() -> None:
     candidates = [Candidate("b1", "books", {"brand": "acme"}), Candidate("s1", "shoes")]
-    profile = Profile(
-        attributes={"favorite_brand": "acme"},
-        events=[seen("shoes", timedelta(0)), seen("books", HALF_LIFE)],
+    profile = Profile.of_events(
+        [seen("shoes", timedelta(0)), seen("books", HALF_LIFE)], {"favorite_brand": "acme"}
     )
 
     ranking = rank(candidates, profile, SEGMENTS, now=NOW, limit=10)
@@ -188,7 +192,7 @@ EXCLUDING = ScoringRules(half_life=HALF_LIFE, exclude_purchased_within=WINDOW)
     ],
 )
 def test_recent_purchase_is_excluded_within_the_window(age: timedelta, excluded: bool) -> None:
-    profile = Profile(events=[seen("shoes", age, "purchase", item="s1")])
+    profile = Profile.of_events([seen("shoes", age, "purchase", item="s1")])
 
     ranking = rank([SHOES, BOOKS], profile, EXCLUDING, now=NOW, limit=10)
 
@@ -198,7 +202,7 @@ def test_recent_purchase_is_excluded_within_the_window(age: timedelta, excluded:
 
 
 def test_only_purchases_exclude_items() -> None:
-    profile = Profile(events=[seen("shoes", timedelta(0), "view", item="s1")])
+    profile = Profile.of_events([seen("shoes", timedelta(0), "view", item="s1")])
 
     ranking = rank([SHOES], profile, EXCLUDING, now=NOW, limit=10)
 
@@ -207,7 +211,7 @@ def test_only_purchases_exclude_items() -> None:
 
 
 def test_no_exclusion_without_a_window() -> None:
-    profile = Profile(events=[seen("shoes", timedelta(0), "purchase", item="s1")])
+    profile = Profile.of_events([seen("shoes", timedelta(0), "purchase", item="s1")])
 
     ranking = rank([SHOES], profile, RULES, now=NOW, limit=10)
 
@@ -215,7 +219,7 @@ def test_no_exclusion_without_a_window() -> None:
 
 
 def test_recent_purchase_still_feeds_affinity() -> None:
-    profile = Profile(events=[seen("shoes", timedelta(0), "purchase", item="s1")])
+    profile = Profile.of_events([seen("shoes", timedelta(0), "purchase", item="s1")])
     other_shoes = Candidate("s2", "shoes")
 
     ranking = rank([BOOKS, SHOES, other_shoes], profile, EXCLUDING, now=NOW, limit=10)
@@ -229,7 +233,7 @@ def test_recent_purchase_still_feeds_affinity() -> None:
 
 def test_ties_keep_caller_order() -> None:
     candidates = [Candidate(f"c{i}", "books" if i % 2 else "toys") for i in range(6)]
-    profile = Profile(events=[seen("shoes", timedelta(0))])
+    profile = Profile.of_events([seen("shoes", timedelta(0))])
 
     ranking = rank(candidates, profile, RULES, now=NOW, limit=10)
 
@@ -238,7 +242,7 @@ def test_ties_keep_caller_order() -> None:
 
 def test_ties_among_scored_items_keep_caller_order() -> None:
     candidates = [Candidate("t1", "toys"), Candidate("s9", "shoes"), Candidate("s1", "shoes")]
-    profile = Profile(events=[seen("shoes", timedelta(0))])
+    profile = Profile.of_events([seen("shoes", timedelta(0))])
 
     ranking = rank(candidates, profile, RULES, now=NOW, limit=10)
 
@@ -249,7 +253,7 @@ def test_ties_among_scored_items_keep_caller_order() -> None:
     ("limit", "expected"), [(1, ["s1"]), (2, ["s1", "b1"]), (5, ["s1", "b1", "t1"])]
 )
 def test_limit_keeps_the_top(limit: int, expected: list[str]) -> None:
-    profile = Profile(events=[seen("shoes", timedelta(0)), seen("books", HALF_LIFE)])
+    profile = Profile.of_events([seen("shoes", timedelta(0)), seen("books", HALF_LIFE)])
 
     ranking = rank([TOYS, BOOKS, SHOES], profile, RULES, now=NOW, limit=limit)
 
@@ -305,3 +309,34 @@ def test_rank_popular_limit(limit: int, expected: list[str]) -> None:
     ]
 
     assert ids(rank_popular(candidates, limit=limit)) == expected
+
+
+# --- tallies --------------------------------------------------------------------------------------
+
+
+@given(
+    ages=st.lists(st.integers(0, 86_400_000), min_size=1, max_size=50),
+    start=st.integers(0, 200 * 86_400),
+    half_life_days=st.sampled_from([1, 7, 14, 30]),
+)
+def test_a_tally_at_the_mean_time_weighs_as_its_events_within_the_documented_bound(
+    ages: list[int], start: int, half_life_days: int
+) -> None:
+    """Events within one day, counted as one tally at their mean time: their decayed weight is
+    at most (ln 2 * spread / half-life)^2 / 8 of itself lower than theirs one by one, and
+    never higher (the decay is convex)."""
+    events = [NOW - timedelta(seconds=start, milliseconds=ms) for ms in ages]
+    mean = NOW - timedelta(seconds=start, milliseconds=sum(ages) / len(ages))
+    rules = ScoringRules(half_life=timedelta(days=half_life_days))
+    one_by_one = category_affinity([Tally("view", "shoes", 1, at) for at in events], rules, NOW)
+    tallied = category_affinity([Tally("view", "shoes", len(events), mean)], rules, NOW)
+    # beside a fixed category, so the shoes' weight shows in the ratio whichever is on top
+    fixed = [Tally("view", "books", 1, NOW)]
+    exact = category_affinity(fixed + [Tally("view", "shoes", 1, at) for at in events], rules, NOW)
+    counted = category_affinity(fixed + [Tally("view", "shoes", len(events), mean)], rules, NOW)
+    assert one_by_one == tallied == {"shoes": 1.0}
+    spread = (max(events) - min(events)) / timedelta(days=half_life_days)
+    bound = (math.log(2) * spread) ** 2 / 8
+    weight = exact["shoes"] / exact["books"]
+    assert counted["shoes"] / counted["books"] <= weight * (1 + 1e-9)
+    assert counted["shoes"] / counted["books"] >= weight * (1 - bound - 1e-9)

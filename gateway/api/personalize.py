@@ -25,11 +25,12 @@ from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
 from gateway.errors import Conflict
 from gateway.observability import DECISIONS
-from gateway.policy.engine import Decision, decide
+from gateway.policy.engine import Decision, decide, event_cutoffs
 from gateway.policy.model import Outcome
 from gateway.store.clients import Role
 from gateway.store.consents import as_events, consent_records
 from gateway.store.db import lock_subject, write_transaction
+from gateway.store.history import History
 from gateway.store.models import ConsentRecord, Subject
 from gateway.store.profiles import holdings, read_profile
 from gateway.store.subjects import find_subject
@@ -107,7 +108,11 @@ def _consents_changed(pseudonym: str, seen: list[ConsentRecord]) -> bool:
 
 
 def _rank(
-    decision: Decision, subject: Subject | None, body: dict[str, Any], now: datetime
+    decision: Decision,
+    subject: Subject | None,
+    history: History,
+    body: dict[str, Any],
+    now: datetime,
 ) -> scoring.Ranking:
     """Score on the minimized profile when allowed; otherwise without reading personal data."""
     candidates = [scoring.Candidate(**c) for c in body["candidates"]]
@@ -116,8 +121,18 @@ def _rank(
         return scoring.Ranking(())
     if decision.outcome is Outcome.FALLBACK:
         return scoring.rank_popular(candidates, limit=limit)
-    profile = read_profile(subject, decision.reads, keyring())
+    # of the items bought, only the candidates' are read: the rest cannot change the ranking
+    items = [candidate.id for candidate in candidates]
     rules = policies().purposes[decision.purpose].scoring
+    profile = read_profile(
+        subject,
+        decision.reads,
+        keyring(),
+        now=now,
+        half_life=rules.half_life,
+        history=history,
+        items=items,
+    )
     return scoring.rank(candidates, profile, rules, now=now, limit=limit)
 
 
@@ -183,15 +198,16 @@ class Personalize(MethodView):
             # A change committed is in force, whatever its clock said (another host's may run
             # ahead of this one's): the decision is made no earlier than any change it read.
             now = max([now, *(record.recorded_at for record in consents)])
+            history = History(subject, event_cutoffs(policies(), now))
             decision = decide(
                 purpose,
                 gpc=gpc,
                 consents=as_events(consents),
-                holdings=holdings(subject),
+                holdings=holdings(subject, history),
                 policies=policies(),
                 now=now,
             )
-            ranking = _rank(decision, subject, body, now)
+            ranking = _rank(decision, subject, history, body, now)
             decision_id = str(uuid.uuid4())
             with write_transaction(serialize=False):
                 # The log must show this decision before any consent change it did not see:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from gateway.policy.model import (
+    PURCHASE,
     Category,
     Fallback,
     LegalBasis,
@@ -54,12 +55,17 @@ class ConsentEvent:
 
 @dataclass(frozen=True)
 class Holding:
-    """Metadata of one stored item (no value): an attribute by name or an event by type."""
+    """Metadata of stored items (no values): an attribute by name, or `count` events of a type.
+
+    `at` is the item's time; for a group of items, a time none of them is later than. A group
+    lies wholly on one side of its category's `retention_cutoff`, which the store splits at.
+    """
 
     database: str
     kind: HoldingKind
     name: str
     at: datetime
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,9 @@ class ReadPlan:
 
     attributes: tuple[tuple[str, str], ...] = ()  # (database, attribute name)
     events: tuple[tuple[str, str, datetime], ...] = ()  # (database, event type, after)
+    # (database, event type, since): of the events above, those the scorer needs item by item
+    # (purchases it leaves out), from `since` on
+    items: tuple[tuple[str, str, datetime], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,21 @@ def _registration_problem(purpose: Purpose, policies: PolicySet, now: datetime) 
     return Reason.REGISTRATION_EXPIRED if listed else Reason.NO_REGISTERED_DATABASE
 
 
+def retention_cutoff(category: Category, now: datetime) -> datetime:
+    """Items of `category` are kept while younger than its retention: those at or before the
+    cutoff are gone."""
+    return now - category.retention
+
+
+def event_cutoffs(policies: PolicySet, now: datetime) -> dict[str, datetime]:
+    """The retention cutoff of every known event type, for a store to split its counts at."""
+    return {
+        kind: retention_cutoff(category, now)
+        for category in policies.categories.values()
+        for kind in category.events
+    }
+
+
 def _category_of(holding: Holding, policies: PolicySet) -> Category | None:
     if holding.kind is HoldingKind.ATTRIBUTE:
         return policies.category_of_attribute(holding.name)
@@ -174,8 +198,7 @@ def _screen(
         return category, Reason.NOT_NEEDED_FOR_PURPOSE
     if category.sensitive and purpose.legal_basis is not LegalBasis.CONSENT:
         return category, Reason.SENSITIVE_NEEDS_CONSENT
-    # kept while younger than its retention: at exactly the retention age it is gone
-    if holding.at <= now - category.retention:
+    if holding.at <= retention_cutoff(category, now):
         return category, Reason.RETENTION_EXPIRED
     return category, None
 
@@ -192,17 +215,20 @@ def _minimize(
         is_attribute = holding.kind is HoldingKind.ATTRIBUTE
         name = holding.name if is_attribute or category is None else category.id
         if reason is not None:
-            dropped[(name, holding.database, reason)] += 1
+            dropped[(name, holding.database, reason)] += holding.count
             continue
         assert category is not None
         used.add(name)
         if is_attribute:
             attributes.add((holding.database, holding.name))
         else:
-            events[(holding.database, holding.name)] = now - category.retention
+            events[(holding.database, holding.name)] = retention_cutoff(category, now)
+    window = purpose.scoring.exclude_purchased_within
+    items = [] if window is None else [(db, kind, now - window) for db, kind in events]
     plan = ReadPlan(
         attributes=tuple(sorted(attributes)),
         events=tuple(sorted((db, kind, since) for (db, kind), since in events.items())),
+        items=tuple(sorted(item for item in items if item[1] == PURCHASE)),
     )
     drops = tuple(Dropped(f, db, r, n) for (f, db, r), n in sorted(dropped.items()))
     return tuple(sorted(used)), drops, plan

@@ -12,6 +12,9 @@ from typing import Any, TypeAlias
 
 import isodate
 
+# The event type of a purchase: the scorer leaves out items bought within a purpose's window.
+PURCHASE = "purchase"
+
 # isodate returns a plain timedelta, or its own Duration when months or years are involved;
 # both can be subtracted from a datetime.
 Duration: TypeAlias = timedelta | isodate.Duration

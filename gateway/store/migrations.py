@@ -24,6 +24,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 from gateway.audit.chain import checkpoint_payload
 from gateway.crypto import RESTORE_KEYRING, Keyring, KeyringMismatch, key_id_of, verify_signature
+from gateway.store import tallies
 from gateway.store.db import database, write_transaction
 from gateway.store.keystore import create_keystore_tables, put_key
 from gateway.store.models import (
@@ -33,6 +34,7 @@ from gateway.store.models import (
     AuditPending,
     BaseModel,
     ConsentRecord,
+    EventTally,
     KeyDestruction,
     KeyringFingerprint,
     Subject,
@@ -99,12 +101,20 @@ def _add_audit_scheme_2(migrator: SchemaMigrator, keyring: Keyring) -> None:
     _add_missing_columns(migrator, AuditCheckpoint)  # every
 
 
+def _add_event_tallies(migrator: SchemaMigrator, keyring: Keyring) -> None:
+    """Day tallies of the events, kept by triggers: counted once here from what is stored."""
+    database.create_tables([EventTally], safe=True)
+    tallies.install()
+    tallies.rebuild()
+
+
 STEPS: dict[int, Callable[[SchemaMigrator, Keyring], None]] = {
     1: _to_1,
     2: _to_2,
     3: _add_keyring_fingerprint,
     4: _add_key_destructions,
     5: _add_audit_scheme_2,
+    6: _add_event_tallies,
 }
 LATEST = max(STEPS)
 
@@ -128,6 +138,7 @@ def upgrade(keyring: Keyring) -> tuple[int | None, int]:
     if found is None:
         with write_transaction():
             database.create_tables([*TABLES, SchemaVersion])
+            tallies.install()
             SchemaVersion.create(version=LATEST)
             _record_fingerprint(keyring)
         return None, LATEST

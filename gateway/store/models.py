@@ -8,6 +8,7 @@ from typing import Any
 from peewee import (
     AutoField,
     BigAutoField,
+    BigIntegerField,
     BooleanField,
     CharField,
     DateTimeField,
@@ -104,6 +105,29 @@ class Event(BaseModel):
             (("subject", "database", "type", "at"), False),
             (("type", "at"), False),  # purges select by type and age
         )
+
+
+class EventTally(BaseModel):
+    """A subject's events of one database, type, item category and UTC day, counted.
+
+    Kept by triggers on `event` (gateway/store/tallies.py) in the transaction of each insert,
+    delete or update, so it always counts exactly the rows stored, however they changed: a
+    decision reads a subject's history as these rows, whatever its length. `category` is the
+    event's item category as stored (a deterministic token when `sealed`). `moment` sums the
+    events' milliseconds past midnight, so `moment / count` places their mean time.
+    """
+
+    subject = ForeignKeyField(Subject, backref="tallies", on_delete="CASCADE")
+    database = CharField()
+    type = CharField()
+    day = IntegerField()  # days since 1970-01-01 (UTC)
+    sealed = BooleanField()
+    category = TextField()
+    count = IntegerField()
+    moment = BigIntegerField()
+
+    class Meta:
+        indexes = ((("subject", "database", "type", "day", "sealed", "category"), True),)
 
 
 class AuditEntry(BaseModel):
@@ -225,6 +249,7 @@ TABLES: list[type[Model]] = [
     ConsentRecord,
     Attribute,
     Event,
+    EventTally,
     AuditEntry,
     AuditPending,
     AuditCheckpoint,

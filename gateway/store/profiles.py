@@ -1,21 +1,26 @@
 """A subject's attributes and events: written as admitted, read only as a decision plans.
 
 Values of PII categories are encrypted with the subject's data key, bound to where they live.
+Events are read as the database sums them from their day tallies (`History`), so a decision
+costs the same for a subject with ten events as for one with ten thousand.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from functools import reduce
+from functools import lru_cache, reduce
 from operator import or_
 from typing import Any
 
-from gateway.crypto import Keyring, decrypt_field, encrypt_field
+from gateway.crypto import SCHEME, Keyring, decrypt_field, encrypt_field, encrypt_labels
 from gateway.policy.engine import Holding, HoldingKind, ReadPlan
-from gateway.scoring import Profile, ProfileEvent, Scalar
+from gateway.policy.model import Duration
+from gateway.scoring import Profile, Scalar
+from gateway.store.db import database as connection
+from gateway.store.history import History, event_context
 from gateway.store.models import Attribute, ConsentRecord, Event, Subject
 from gateway.store.subjects import data_key
 
@@ -31,10 +36,6 @@ class NewEvent:
 
 def _attribute_context(database: str, name: str) -> str:
     return f"attribute:{database}:{name}"
-
-
-def _event_context(database: str, event_type: str) -> str:
-    return f"event:{database}:{event_type}"
 
 
 def put_attributes(
@@ -76,9 +77,9 @@ def add_events(
     for event in events:
         item_id, item_category = event.item_id, event.item_category
         if event.pii:
-            context = _event_context(database, event.type)
-            item_id = encrypt_field(key, item_id, context)
-            item_category = encrypt_field(key, item_category, context)
+            # deterministic: tallies group by the category, purchases are looked up by item
+            context = event_context(database, event.type)
+            item_id, item_category = encrypt_labels(key, [item_id, item_category], context)
         rows.append(
             {
                 "subject": subject,
@@ -95,6 +96,10 @@ def add_events(
         Event.insert_many(rows).execute()
 
 
+# How an event's sealed values began, before deterministic tokens: each under a random nonce.
+LEGACY = f"{SCHEME}:dk:"
+
+
 class Unsealer:
     """Decrypts a subject's sealed values, unwrapping its data key only if one is needed."""
 
@@ -104,31 +109,31 @@ class Unsealer:
     def __call__(self, text: str, sealed: bool, context: str) -> str:
         if not sealed:
             return text
+        return decrypt_field(self.key_for_labels(), text, context)
+
+    def key_for_labels(self) -> bytes:
+        """The subject's data key (to decrypt, or to make the tokens of labels to look up)."""
         self.key = self.key or data_key(self.keyring, self.subject)
-        return decrypt_field(self.key, text, context)
+        return self.key
 
 
-def holdings(subject: Subject | None) -> list[Holding]:
-    """Metadata of everything held about a subject: names, types and times, no values."""
-    if subject is None:
-        return []
-    attributes: Any = (
+def _attribute_holdings(subject: Subject) -> list[Holding]:
+    rows: Any = (
         Attribute.select(Attribute.database, Attribute.name, Attribute.updated_at)
         .where(Attribute.subject == subject)
         .tuples()
     )
-    found = [Holding(db, HoldingKind.ATTRIBUTE, name, at) for db, name, at in attributes]
-    events: Any = Event.select(Event.database, Event.type, Event.at).where(Event.subject == subject)
-    found += [Holding(db, HoldingKind.EVENT, kind, at) for db, kind, at in events.tuples()]
-    return found
+    return [Holding(db, HoldingKind.ATTRIBUTE, name, at) for db, name, at in rows]
 
 
-def read_profile(subject: Subject | None, plan: ReadPlan, keyring: Keyring) -> Profile:
-    """Read exactly what `plan` allows, decrypting sealed values: one query for the allowed
-    attributes, one for the allowed events."""
-    if subject is None or (not plan.attributes and not plan.events):
-        return Profile()
-    unseal = Unsealer(subject, keyring)
+def holdings(subject: Subject | None, history: History) -> list[Holding]:
+    """Metadata of everything held about a subject: names, types, times and counts, no values."""
+    if subject is None:
+        return []
+    return _attribute_holdings(subject) + history.holdings()
+
+
+def _read_attributes(subject: Subject, plan: ReadPlan, unseal: Unsealer) -> dict[str, Scalar]:
     attributes: dict[str, Scalar] = {}
     if plan.attributes:
         wanted = reduce(
@@ -141,36 +146,89 @@ def read_profile(subject: Subject | None, plan: ReadPlan, keyring: Keyring) -> P
         )
         for database, name, value, sealed in rows:
             attributes[name] = json.loads(unseal(value, sealed, _attribute_context(database, name)))
-    events: list[ProfileEvent] = []
-    if plan.events:
-        wanted = reduce(
-            or_,
-            [
-                (Event.database == db) & (Event.type == kind) & (Event.at > since)
-                for db, kind, since in plan.events
-            ],
+    return attributes
+
+
+@lru_cache(maxsize=256)
+def _bought_sql(shapes: tuple[tuple[int, int], ...], param: str) -> str:
+    """The latest purchase of each of some items, per (database, type) allowed: each shape is
+    the number of plain item ids and of sealed tokens looked up there (parameters: the subject;
+    then per shape its database, type, cutoff, window start, ids, and tokens with the prefix of
+    legacy ones). Built once per shape, as it is asked on every decision."""
+
+    def marks(count: int) -> str:
+        return ", ".join(param for _ in range(count))
+
+    pairs = []
+    for plain, sealed in shapes:
+        ids = f"(NOT sealed AND item_id IN ({marks(plain)}))"
+        if sealed:
+            ids += f" OR (sealed AND (item_id IN ({marks(sealed)}) OR item_id LIKE {param}))"
+        pairs.append(
+            f"(database = {param} AND type = {param} AND at > {param} AND at >= {param}"
+            f" AND ({ids}))"
         )
-        event_rows: Any = (
-            Event.select(
-                Event.database,
-                Event.type,
-                Event.item_id,
-                Event.item_category,
-                Event.sealed,
-                Event.at,
-            )
-            .where((Event.subject == subject) & wanted)
-            .order_by(Event.at, Event._meta.primary_key)  # type: ignore[attr-defined]
-            .tuples()
-        )
-        for database, kind, item_id, category, sealed, at in event_rows:
-            context = _event_context(database, kind)
-            events.append(
-                ProfileEvent(
-                    kind, unseal(item_id, sealed, context), unseal(category, sealed, context), at
-                )
-            )
-    return Profile(attributes, tuple(events))
+    return f"""
+        SELECT database, type, item_id, sealed, max(at) FROM event
+        WHERE subject_id = {param} AND ({" OR ".join(pairs)})
+        GROUP BY database, type, item_id, sealed"""
+
+
+def _read_bought(
+    subject: Subject, plan: ReadPlan, unseal: Unsealer, history: History, items: Collection[str]
+) -> dict[str, datetime]:
+    """Of the events the scorer needs item by item (allowed, from the plan's `since` on), those
+    of `items` (the candidates): each item's latest. Item ids of sealed events are matched by
+    their deterministic tokens; those sealed before tokens, one by one."""
+    after = {(db, kind): since for db, kind, since in plan.events}
+    ids = sorted(items)
+    shapes, params = [], [subject.get_id()]
+    for db, kind, since in plan.items:
+        if (db, kind) not in after or not ids:
+            continue
+        params += [db, kind, Event.at.db_value(after[(db, kind)]), Event.at.db_value(since), *ids]
+        tokens = []
+        if history.sealed(db, kind):
+            key = unseal.key_for_labels()
+            tokens = [*encrypt_labels(key, ids, event_context(db, kind)), f"{LEGACY}%"]
+        params += tokens
+        shapes.append((len(ids), len(tokens) - 1 if tokens else 0))
+    if not shapes:
+        return {}
+    sql = _bought_sql(tuple(shapes), connection.param)
+    bought: dict[str, datetime] = {}
+    for db, kind, item_id, sealed, latest in connection.execute_sql(sql, params).fetchall():
+        item = unseal(item_id, bool(sealed), event_context(db, kind))
+        at = Event.at.python_value(latest)
+        if item in items:
+            bought[item] = max(bought.get(item, at), at)
+    return bought
+
+
+def read_profile(
+    subject: Subject | None,
+    plan: ReadPlan,
+    keyring: Keyring,
+    *,
+    now: datetime,
+    half_life: Duration,
+    history: History | None = None,
+    items: Collection[str] = (),
+) -> Profile:
+    """Read exactly what `plan` allows, decrypting sealed values: the allowed attributes; the
+    allowed events as tallies weighed under the scorer's `half_life` at `now` (from `history`,
+    read for the plan if not given); and which of `items` (the candidates being ranked) were
+    bought, when last."""
+    if subject is None or (not plan.attributes and not plan.events):
+        return Profile()
+    if history is None:
+        history = History(subject, {kind: since for _, kind, since in plan.events})
+    unseal = Unsealer(subject, keyring)
+    return Profile(
+        _read_attributes(subject, plan, unseal),
+        tuple(history.tallies(plan, unseal, half_life=half_life, now=now)),
+        _read_bought(subject, plan, unseal, history, set(items)),
+    )
 
 
 def everything(
@@ -191,7 +249,7 @@ def everything(
     ]
     events = []
     for row in Event.select().where(Event.subject == subject).order_by(Event.at, Event.received_at):
-        context = _event_context(row.database, row.type)
+        context = event_context(row.database, row.type)
         events.append(
             {
                 "database": row.database,

@@ -86,6 +86,13 @@ def audit_entries(app: Flask) -> list[AuditEntry]:
 
 # -- events ------------------------------------------------------------------------------------
 
+
+def attributes_read(subject: Subject, plan: ReadPlan) -> dict[str, Any]:
+    """The attributes a decision's plan reads (in an app context)."""
+    profile = read_profile(subject, plan, keyring(), now=datetime.now(UTC), half_life=timedelta(1))
+    return dict(profile.attributes)
+
+
 EVENT_REFUSALS = {
     "unknown_type": ("shop_events", "teleport", None, "unknown_event_type"),
     "location_into_shop_events": ("shop_events", "store_visit", None, "category_not_registered"),
@@ -272,9 +279,7 @@ def test_an_app_cannot_overwrite_what_another_apps_purpose_relies_on(
     with app.app_context(), database.connection_context():
         subject = find_subject(keyring().pseudonym(SUBJECT))
         plan = ReadPlan(attributes=(("crm", "email"),))
-        assert dict(read_profile(subject, plan, keyring()).attributes) == {
-            "email": "ann@example.com"
-        }
+        assert attributes_read(subject, plan) == {"email": "ann@example.com"}
     entries = audit_entries(app)
     assert json.loads(entries[-1].fields)["refused"] == {"email": "purpose_not_granted"}
 
@@ -458,8 +463,6 @@ def test_pii_values_round_trip_only_through_the_store(app: Flask, mailer: Caller
     with app.app_context(), database.connection_context():
         subject = find_subject(keyring().pseudonym(SUBJECT))
         assert subject is not None
-        assert dict(read_profile(subject, everything, keyring()).attributes) == attributes
-        assert dict(read_profile(subject, only_brand, keyring()).attributes) == {
-            "favorite_brand": BRAND
-        }
+        assert attributes_read(subject, everything) == attributes
+        assert attributes_read(subject, only_brand) == {"favorite_brand": BRAND}
         assert Subject.select().count() == 1

@@ -474,7 +474,7 @@ def test_expired_events_are_not_read_beside_fresh_ones_of_the_same_type(
     assert result["fields_dropped"] == [
         {"field": "browsing", "database": "shop_events", "reason": "retention_expired", "count": 10}
     ]
-    assert [e.item_category for e in scorer_calls[0]["profile"].events] == ["books"]
+    assert [t.item_category for t in scorer_calls[0]["profile"].tallies] == ["books"]
     assert scores(result) == {"b-1": 1.0, "s-1": 0.0}
 
 

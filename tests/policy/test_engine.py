@@ -612,6 +612,11 @@ def test_read_plan_lists_exactly_what_may_be_read(policies: PolicySet) -> None:
             ("shop_events", "purchase", NOW - timedelta(days=365)),
             ("shop_events", "view", NOW - timedelta(days=90)),
         ),
+        # purchases one by one, from the purpose's exclusion window (30 days) on
+        items=(
+            ("crm", "purchase", NOW - timedelta(days=30)),
+            ("shop_events", "purchase", NOW - timedelta(days=30)),
+        ),
     )
 
 

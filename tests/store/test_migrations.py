@@ -271,7 +271,9 @@ def rebuild_as(app: Flask, version: int) -> None:
         for statement in filter(str.strip, ddl.split(";")):
             db.execute(statement)
         tables = db.tables()
-        lost = [table for table, found in rows.items() if found and table not in tables]
+        # event_tally is counted from the events: the upgrade that adds it counts them again
+        held = [table for table, found in rows.items() if found and table != "event_tally"]
+        lost = [table for table in held if table not in tables]
         assert not lost, f"the test's history has rows version {version} cannot hold: {lost}"
         for table in (table for table in tables if rows.get(table)):
             cursor = db.execute(f"SELECT * FROM {table} WHERE 1 = 0")
@@ -325,6 +327,8 @@ def check_upgraded(
     assert after.pop("audit_entry")[: len(entries)] == entries  # init appends its policy load
     signed = before.pop("audit_checkpoint", [])
     assert after.pop("audit_checkpoint", [])[: len(signed)] == signed  # and may sign it
+    # the tallies counted again from the events are the ones the triggers kept (ids aside)
+    assert tallies(after.pop("event_tally")) == tallies(before.pop("event_tally"))
     assert after == before
     assert stored_keys(app) == keys
     ready = admin.get("/readyz")
@@ -342,6 +346,10 @@ def check_upgraded(
     verification = admin.get("/v1/audit/verify").get_json()
     assert verification["ok"] is True, verification
     assert verification["entries"] == len(entries) + 2  # init's policy load, the export
+
+
+def tallies(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(({k: v for k, v in row.items() if k != "id"} for row in rows), key=repr)
 
 
 def check_still_writable(app: Flask, admin: Caller, shop: Caller) -> None:
