@@ -30,9 +30,9 @@ ATTRIBUTES = {"email": "e@example.com", "favorite_brand": "acme"}
 DELETED = {"attributes": 2, "events": 0, "consents": 0}
 NOTHING = {"attributes": 0, "events": 0, "consents": 0}
 
-# A fault at COMMIT on an erasure's audit entry with the given outcome: the insert succeeds, and
-# the transaction then cannot commit. SQLite: a row breaking a deferred foreign key; PostgreSQL:
-# a deferred constraint trigger that raises.
+# A fault at COMMIT on an audit entry of the given action and outcome (by default an erasure's):
+# the insert succeeds, and the transaction then cannot commit. SQLite: a row breaking a deferred
+# foreign key; PostgreSQL: a deferred constraint trigger that raises.
 AUDIT_TABLES = ("audit_entry", "audit_pending")  # chained entries, and those waiting for it
 COMMIT_FAULT = {
     "sqlite": [
@@ -40,7 +40,7 @@ COMMIT_FAULT = {
         " REFERENCES subject (id) DEFERRABLE INITIALLY DEFERRED)",
         *(
             f"CREATE TRIGGER commit_fault_{table} AFTER INSERT ON {table}"
-            " WHEN NEW.action = 'subject.erase' AND NEW.outcome = '{outcome}'"
+            " WHEN NEW.action = '{action}' AND NEW.outcome = '{outcome}'"
             " BEGIN INSERT INTO commit_fault VALUES (-1); END"
             for table in AUDIT_TABLES
         ),
@@ -51,7 +51,7 @@ COMMIT_FAULT = {
         *(
             f"CREATE CONSTRAINT TRIGGER commit_fault AFTER INSERT ON {table}"
             " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
-            " WHEN (NEW.action = 'subject.erase' AND NEW.outcome = '{outcome}')"
+            " WHEN (NEW.action = '{action}' AND NEW.outcome = '{outcome}')"
             " EXECUTE FUNCTION commit_fault()"
             for table in AUDIT_TABLES
         ),
@@ -70,11 +70,12 @@ COMMIT_REPAIR = {
 
 
 @contextmanager
-def commit_fails(app: Flask, outcome: str) -> Iterator[None]:
-    """Inside the block, a transaction appending an erasure entry with `outcome` fails at COMMIT."""
+def commit_fails(app: Flask, outcome: str, action: str = "subject.erase") -> Iterator[None]:
+    """Inside the block, a transaction appending an entry of `action` with `outcome` fails at
+    COMMIT."""
     with raw(app.config) as db:
         for sql in COMMIT_FAULT["postgresql" if db.postgres else "sqlite"]:
-            db.execute(sql.format(outcome=outcome))
+            db.execute(sql.format(action=action, outcome=outcome))
     try:
         yield
     finally:

@@ -6,6 +6,7 @@ the scorer documents."""
 from __future__ import annotations
 
 import itertools
+import threading
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,19 @@ from gateway.store.db import database, write_transaction
 from gateway.store.models import Event, EventTally
 from gateway.store.profiles import NewEvent, add_events, everything
 from gateway.store.subjects import data_key, ensure_subject, find_subject
+from tests import test_concurrency
+from tests.api.test_erasure_fail_closed import commit_fails
 from tests.conftest import Caller
 from tests.stores import Raw, raw
+from tests.test_concurrency import call
+
+server = test_concurrency.server  # a real three-worker server, with an admin key
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 BROWSING, PURCHASES, WINDOW = timedelta(days=90), timedelta(days=365), timedelta(days=30)
 CONSENT = {"granted": True, "source": "test", "notice_version": "1"}
-CANDIDATES = [
+CANDIDATES: list[dict[str, Any]] = [
     {"id": id_, "category": category}
     for id_, category in [("s-1", "shoes"), ("b-1", "books"), ("g-1", "garden"), ("p-7", "toys")]
 ]
@@ -250,7 +256,8 @@ anywhere = st.builds(lambda hours: NOW - timedelta(hours=hours), st.integers(0, 
 history = st.lists(
     st.builds(
         NewEvent,
-        st.sampled_from(["view", "click", "add_to_cart", "purchase"]),
+        # store_visit: location, a sensitive category the purpose does not use
+        st.sampled_from(["view", "click", "add_to_cart", "purchase", "store_visit"]),
         st.sampled_from(["s-1", "b-1", "p-7"]),
         st.sampled_from(["shoes", "books", "garden"]),
         st.one_of(around_edges, anywhere),
@@ -344,6 +351,75 @@ def test_an_erasure_leaves_no_tally(app: Flask, shop: Caller, admin: Caller) -> 
         left = {row.subject.pseudonym for row in EventTally.select()}
     assert left == {keyring_pseudonym(app, kept)}
     assert_tallies_exact(app)
+
+
+def test_a_collection_or_an_erasure_failing_at_commit_leaves_the_tallies_as_they_were(
+    app: Flask, shop: Caller, admin: Caller
+) -> None:
+    now = datetime.now(UTC)
+    subject = subject_with(app, shop, [NewEvent("view", "a", "shoes", now - DAY, False)])
+    with raw(app.config) as db:
+        before = stored(db)
+    events = [{"type": "view", "item_id": "b", "category": "books", "at": now.isoformat()}]
+    body = {"database": "shop_events", "events": events}
+
+    with commit_fails(app, "accepted", action="events.collect"):
+        assert shop.post(f"/v1/subjects/{subject}/events", body).status_code == 503
+    with commit_fails(app, "erased"):
+        assert admin.request("DELETE", f"/v1/subjects/{subject}").status_code == 503
+
+    with raw(app.config) as db:
+        assert stored(db) == before
+    assert_tallies_exact(app)
+    assert shop.post(f"/v1/subjects/{subject}/events", body).status_code == 200
+    assert_tallies_exact(app)
+
+
+def test_collections_and_decisions_racing_on_one_subject_keep_the_tallies_exact(
+    app: Flask, server: tuple[str, str]
+) -> None:
+    """A real three-worker server: eight clients collect into the same tallies (one subject,
+    one day, two categories) while others decide; every accepted event is counted once."""
+    base, key = server
+    now = datetime.now(UTC)
+    assert call(base, key, "PUT", "/v1/subjects/racer/consents/recommendations", CONSENT)[0] == 200
+    accepted: list[int] = []
+    failures: list[Any] = []
+
+    def collect(worker: int) -> None:
+        for batch in range(10):
+            events = [
+                {
+                    "type": "view",
+                    "item_id": f"{worker}-{batch}-{n}",
+                    "category": ["shoes", "books"][n % 2],
+                    "at": (now - timedelta(seconds=worker + n)).isoformat(),
+                }
+                for n in range(5)
+            ]
+            body = {"database": "shop_events", "events": events}
+            status, answer = call(base, key, "POST", "/v1/subjects/racer/events", body)
+            (accepted.extend(answer["accepted"]) if status == 200 else failures.append(answer))
+
+    def decide() -> None:
+        body = {"subject_id": "racer", "purpose": "recommendations", "candidates": CANDIDATES}
+        for _ in range(20):
+            status, answer = call(base, key, "POST", "/v1/personalize", body)
+            if status != 200:
+                failures.append(answer)
+
+    threads = [threading.Thread(target=collect, args=(n,)) for n in range(8)]
+    threads += [threading.Thread(target=decide) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert failures == []
+    assert len(accepted) == 8 * 10 * 5
+    assert_tallies_exact(app)
+    with raw(app.config) as db:
+        assert sum(n for n, _ in stored(db).values()) == 400
 
 
 def keyring_pseudonym(app: Flask, subject: str) -> str:
