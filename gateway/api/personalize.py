@@ -28,7 +28,7 @@ from gateway.observability import DECISIONS
 from gateway.policy.engine import Decision, decide, event_cutoffs
 from gateway.policy.model import Outcome
 from gateway.store.clients import Role
-from gateway.store.consents import as_events, consent_records
+from gateway.store.consents import as_events, consent_receipts, consent_records
 from gateway.store.db import lock_subject, write_transaction
 from gateway.store.history import History
 from gateway.store.models import ConsentRecord, Subject
@@ -103,8 +103,7 @@ class DecisionSchema(StrictSchema):
 
 def _consents_changed(pseudonym: str, seen: list[ConsentRecord]) -> bool:
     """Whether the subject's consent records differ from those a decision was made on."""
-    now = consent_records(find_subject(pseudonym))
-    return [r.receipt_id for r in now] != [r.receipt_id for r in seen]
+    return consent_receipts(pseudonym) != [r.receipt_id for r in seen]
 
 
 def _rank(

@@ -18,6 +18,7 @@ from typing import Any
 import flask_smorest
 from flask import Request, current_app
 from flask.json.provider import DefaultJSONProvider
+from flask_smorest.utils import resolve_schema_instance
 from marshmallow import Schema, ValidationError, fields, validate
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
@@ -158,6 +159,12 @@ class JsonArgumentsParser(FlaskParser):
 
 
 class Blueprint(flask_smorest.Blueprint):
-    """flask-smorest's blueprint whose arguments are read by JsonArgumentsParser."""
+    """flask-smorest's blueprint whose arguments are read by JsonArgumentsParser, each by one
+    schema instance for every request."""
 
     ARGUMENTS_PARSER = JsonArgumentsParser()
+
+    def arguments(self, schema: type[Schema] | Schema, **kwargs: Any) -> Any:
+        # Given a class, webargs builds the schema for each request: every field copied, every
+        # nested schema built again. A schema keeps no state between loads, so one serves all.
+        return super().arguments(resolve_schema_instance(schema), **kwargs)

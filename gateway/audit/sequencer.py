@@ -63,6 +63,7 @@ from gateway.store.db import (
     write_transaction,
 )
 from gateway.store.models import AuditCheckpoint, AuditEntry, AuditPending
+from gateway.store.statements import Statement
 
 log = logging.getLogger("gateway.audit")
 
@@ -83,6 +84,22 @@ class Drain:
 
 
 _PENDING_COLUMNS = ("id", *PENDING_FIELDS, "mac")
+_ENTRY_COLUMNS = ("seq", *PENDING_FIELDS, "scheme", "prev_hash", "hash")
+
+# Every append reads these, on SQLite holding the one write lock: their SQL is built once.
+_ANY_PENDING = Statement(lambda: AuditPending.select(AuditPending.id).limit(1))
+_HEAD = Statement(
+    lambda: (
+        AuditEntry.select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)
+    )
+)
+_LAST_CHECKPOINT = Statement(
+    lambda: (
+        AuditCheckpoint.select(AuditCheckpoint.seq, AuditCheckpoint.every)
+        .order_by(AuditCheckpoint.seq.desc())
+        .limit(1)
+    )
+)
 
 
 def _next_pending_id(db: Any) -> int:
@@ -150,11 +167,13 @@ def drain(ring: Keyring, every: int, *, rounds: int = DRAIN_ROUNDS, wait: bool =
 
 
 def has_pending() -> bool:
-    return bool(AuditPending.select(AuditPending.id).limit(1).exists())
+    return bool(_ANY_PENDING.rows())
 
 
 def _sequence_batch(ring: Keyring, every: int, now: datetime) -> int:
     """Under the sequencer lock: chain the oldest pending entries and delete them."""
+    if not has_pending():
+        return 0  # the common case, at every append on SQLite: one cheap look
     rows: list[dict[str, Any]] = list(
         AuditPending.select().order_by(AuditPending.id).limit(BATCH).dicts()  # type: ignore[arg-type]
     )
@@ -166,23 +185,20 @@ def _sequence_batch(ring: Keyring, every: int, now: datetime) -> int:
 
 def chain_head() -> tuple[int, str]:
     """The seq and hash of the last chained entry: (0, GENESIS) for an empty chain."""
-    row = (
-        AuditEntry.select(AuditEntry.seq, AuditEntry.hash)
-        .order_by(AuditEntry.seq.desc())
-        .limit(1)
-        .tuples()
-        .first()
-    )
-    return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+    found = _HEAD.rows()
+    return (int(found[0][0]), str(found[0][1])) if found else (0, GENESIS)
 
 
 def required_after(before_seq: int | None, every: int) -> tuple[int, int]:
     """(interval, seq of the next required checkpoint) after the last checkpoint below
     `before_seq` (any, when None): a checkpoint's own interval places the next one."""
-    query = AuditCheckpoint.select(AuditCheckpoint.seq, AuditCheckpoint.every)
-    if before_seq is not None:
+    if before_seq is None:
+        found = _LAST_CHECKPOINT.rows()
+        last = found[0] if found else None
+    else:
+        query = AuditCheckpoint.select(AuditCheckpoint.seq, AuditCheckpoint.every)
         query = query.where(AuditCheckpoint.seq < before_seq)
-    last = query.order_by(AuditCheckpoint.seq.desc()).limit(1).tuples().first()
+        last = query.order_by(AuditCheckpoint.seq.desc()).limit(1).tuples().first()
     if last is None:
         return every, every
     interval = int(last[1] or every)
@@ -212,9 +228,7 @@ def _chain(
     checkpoint on the way; call holding the sequencer lock. Returns the entries stored."""
     seq, prev = chain_head()
     _, due = required_after(None, every)
-    ids = [r["entry_id"] for r in rows]
-    query = AuditEntry.select(AuditEntry.entry_id).where(AuditEntry.entry_id.in_(ids))
-    seen: set[str] = {str(row[0]) for row in query.tuples()}  # type: ignore[index]
+    seen = _chained_already([r["entry_id"] for r in rows])
     entries, checkpoints = [], []
     for row in rows:
         if pending_mac(row, ring) != row.get("mac"):
@@ -231,10 +245,31 @@ def _chain(
         if seq >= due:
             checkpoints.append(sign_checkpoint(seq, prev, ring, every, now))
             due = next_required(seq, every)
-    AuditEntry.insert_many(entries).execute()
+    _insert_entries(entries)
     if checkpoints:
         AuditCheckpoint.insert_many(checkpoints).execute()
     return entries
+
+
+def _chained_already(entry_ids: Sequence[str]) -> set[str]:
+    """Which of these entry ids the chain holds already."""
+    if not entry_ids:
+        return set()
+    db = database.obj
+    marks = ", ".join([db.param] * len(entry_ids))
+    sql = f'SELECT "entry_id" FROM "audit_entry" WHERE "entry_id" IN ({marks})'
+    found = db.execute_sql(sql, list(entry_ids))
+    return {str(AuditEntry.entry_id.python_value(row[0])) for row in found}
+
+
+def _insert_entries(entries: Sequence[Mapping[str, Any]]) -> None:
+    """Store chained entries in one statement, its SQL written here: peewee would take longer
+    to build it than the database takes to run it, at every append."""
+    db = database.obj
+    row = "(" + ", ".join([db.param] * len(_ENTRY_COLUMNS)) + ")"
+    columns = ", ".join(f'"{name}"' for name in _ENTRY_COLUMNS)
+    sql = f'INSERT INTO "audit_entry" ({columns}) VALUES {", ".join([row] * len(entries))}'
+    db.execute_sql(sql, [entry[name] for entry in entries for name in _ENTRY_COLUMNS])
 
 
 def _parsed(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from gateway.errors import Conflict
 from gateway.store.models import ApiClient
+from gateway.store.statements import Statement
 
 KEY_PREFIX = "gwk_"
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -60,10 +61,14 @@ def create_client(
     return client, key
 
 
+# Every request looks its key up: read afresh each time, so that a revocation holds at once.
+_BY_KEY_HASH = Statement(lambda digest: ApiClient.select().where(ApiClient.key_hash == digest))
+
+
 def authenticate(key: str) -> ApiClient | None:
     if not key.startswith(KEY_PREFIX):
         return None
-    client = ApiClient.get_or_none(ApiClient.key_hash == key_digest(key))
+    client = _BY_KEY_HASH.first(key_digest(key))
     if client is None or client.revoked_at is not None:
         return None
     return client

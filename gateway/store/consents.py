@@ -9,16 +9,41 @@ from typing import Any
 from gateway.crypto import SIGNATURE_ALGORITHM, Keyring, canonical_json
 from gateway.policy.engine import ConsentEvent
 from gateway.store.models import ConsentRecord, Subject
+from gateway.store.statements import Statement
+
+# The order of a history: by time, then as recorded.
+_OLDEST_FIRST = (ConsentRecord.recorded_at, ConsentRecord._meta.primary_key)
+# Every decision reads a subject's history, then its receipts again under the subject's lock.
+_HISTORY = Statement(
+    lambda subject_id: (
+        ConsentRecord.select().where(ConsentRecord.subject == subject_id).order_by(*_OLDEST_FIRST)
+    )
+)
+_RECEIPTS = Statement(
+    lambda pseudonym: (
+        ConsentRecord.select(ConsentRecord.receipt_id)
+        .join(Subject)
+        .where(Subject.pseudonym == pseudonym)
+        .order_by(*_OLDEST_FIRST)
+    )
+)
 
 
 def consent_records(subject: Subject | None, purpose: str | None = None) -> list[ConsentRecord]:
     """A subject's consent history, oldest first."""
     if subject is None:
         return []
+    if purpose is None:
+        return _HISTORY.models(subject.get_id())
     query = ConsentRecord.select().where(ConsentRecord.subject == subject)
-    if purpose is not None:
-        query = query.where(ConsentRecord.purpose == purpose)
-    return list(query.order_by(ConsentRecord.recorded_at, ConsentRecord._meta.primary_key))
+    query = query.where(ConsentRecord.purpose == purpose)
+    return list(query.order_by(*_OLDEST_FIRST))
+
+
+def consent_receipts(pseudonym: str) -> list[str]:
+    """The receipt ids of the history of the subject with this pseudonym, oldest first (what
+    `consent_records(find_subject(pseudonym))` holds, in one statement)."""
+    return [str(row[0]) for row in _RECEIPTS.execute(pseudonym)]
 
 
 def as_events(records: list[ConsentRecord]) -> list[ConsentEvent]:

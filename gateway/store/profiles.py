@@ -22,6 +22,7 @@ from gateway.scoring import Profile, Scalar
 from gateway.store.db import database as connection
 from gateway.store.history import History, event_context
 from gateway.store.models import Attribute, ConsentRecord, Event, Subject
+from gateway.store.statements import Statement
 from gateway.store.subjects import data_key
 
 
@@ -117,12 +118,16 @@ class Unsealer:
         return self.key
 
 
+# Every decision reads what attributes a subject has (names and times, no values).
+_ATTRIBUTES_HELD = Statement(
+    lambda subject_id: Attribute.select(
+        Attribute.database, Attribute.name, Attribute.updated_at
+    ).where(Attribute.subject == subject_id)
+)
+
+
 def _attribute_holdings(subject: Subject) -> list[Holding]:
-    rows: Any = (
-        Attribute.select(Attribute.database, Attribute.name, Attribute.updated_at)
-        .where(Attribute.subject == subject)
-        .tuples()
-    )
+    rows = _ATTRIBUTES_HELD.rows(subject.get_id())
     return [Holding(db, HoldingKind.ATTRIBUTE, name, at) for db, name, at in rows]
 
 

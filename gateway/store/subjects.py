@@ -22,10 +22,13 @@ from gateway.crypto import Keyring, KeyringError
 from gateway.store.db import write_transaction
 from gateway.store.keystore import destroy_key, key_fingerprint, put_key, wrapped_key
 from gateway.store.models import KeyDestruction, Subject
+from gateway.store.statements import Statement
+
+_BY_PSEUDONYM = Statement(lambda pseudonym: Subject.select().where(Subject.pseudonym == pseudonym))
 
 
 def find_subject(pseudonym: str) -> Subject | None:
-    return Subject.get_or_none(Subject.pseudonym == pseudonym)
+    return _BY_PSEUDONYM.first(pseudonym)
 
 
 def ensure_subject(keyring: Keyring, pseudonym: str, now: datetime) -> Subject:
