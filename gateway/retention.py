@@ -16,9 +16,11 @@ while another took it over) stops with LeaseLost and writes nothing more.
 from __future__ import annotations
 
 import json
+import statistics
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import reduce
 from operator import or_
@@ -26,7 +28,7 @@ from time import perf_counter, sleep
 from typing import Any, cast
 
 from flask import current_app
-from peewee import Expression, Model, PeeweeException, fn
+from peewee import SQL, Expression, Model, PeeweeException, fn
 from playhouse.shortcuts import model_to_dict
 
 from gateway.audit import audit, key_destroyed
@@ -34,14 +36,21 @@ from gateway.audit.chain import Action, AuditRecord, AuditUnavailable
 from gateway.errors import EXIT_TEMPFAIL, Conflict, Unavailable
 from gateway.observability import PURGED_ROWS
 from gateway.policy.model import LegalBasis, PolicySet, Purpose
-from gateway.store.db import database, write_transaction
+from gateway.store.db import data_version, database, write_transaction
 from gateway.store.leases import acquire, holder_of, new_holder, release, renew
 from gateway.store.models import Attribute, ConsentRecord, Event, KeyDestruction, PurgeRun
 from gateway.store.subjects import finish_destructions
 
 LEASE = "retention-purge"
+# How long a batch's DELETE may hold the write lock, which every other writer waits for: the rows
+# a batch deletes follow from it (a row costs more with more indexes, triggers or a cold cache).
+BATCH_SECONDS = 0.008
+FIRST_BATCH_ROWS = 1000  # until a target's cost per row is known
 # A pause after each batch's commit: long enough for writers polling for the lock to take it.
 BATCH_PAUSE_SECONDS = 0.0005
+# Writers that committed during a pause may have others queued behind them: pause again, while
+# others keep committing, up to this long in all.
+YIELD_SECONDS = 0.005
 
 
 class PurgeBusy(Conflict):
@@ -81,6 +90,41 @@ class _Hold:
                     "the next run finishes the job"
                 )
             yield
+
+
+@dataclass
+class _Pace:
+    """How many rows a target's next batch deletes: at most `most`, and about as many as take
+    `seconds` at the cost per row of the last batches. That cost is their median, so one batch
+    slowed by something other than its rows (a stall, another process on the cores) does not
+    shrink the next; a batch grows at most twofold on the one before."""
+
+    most: int
+    seconds: float
+    rows: int = 0
+    costs: deque[float] = field(default_factory=lambda: deque(maxlen=3))
+
+    def __post_init__(self) -> None:
+        self.rows = min(self.most, FIRST_BATCH_ROWS)
+
+    def record(self, rows: int, seconds: float) -> None:
+        self.costs.append(seconds / rows)
+        fits = int(self.seconds / max(statistics.median(self.costs), 1e-9))
+        self.rows = max(1, min(self.most, 2 * self.rows, fits))
+
+
+def _make_way(seen: int | None) -> int | None:
+    """Pause after a batch so that writers waiting for the lock take it, and again while they
+    keep committing (`seen`, the database's data version, moves), up to YIELD_SECONDS; returns
+    the version seen last. Each waiting writer polls on its own: while one commits, another may
+    still be asleep, and would otherwise wait a whole batch more."""
+    deadline = perf_counter() + YIELD_SECONDS
+    while True:
+        sleep(BATCH_PAUSE_SECONDS)
+        version = data_version()
+        if version == seen or perf_counter() >= deadline:
+            return version
+        seen = version
 
 
 @dataclass(frozen=True)
@@ -177,7 +221,7 @@ def _purge_target(
     *,
     run: PurgeRun,
     progress: dict[str, int],
-    batch_size: int,
+    pace: _Pace,
     hold: _Hold,
 ) -> CategoryResult:
     started = perf_counter()
@@ -187,20 +231,24 @@ def _purge_target(
     found = model.select().where(due).count()
     deleted, name = 0, f"{target.kind}:{target.category}"
     # One statement: the database picks the batch and deletes it, no ids travel. Its SQL is
-    # built once: building it again per batch cost as much as a third of the run.
-    batch = model.select(key).where(target.condition).limit(batch_size)
+    # built once, the batch's size its last parameter: building it again per batch cost as
+    # much as a third of the run.
+    batch = model.select(key).where(target.condition).limit(SQL(database.param))
     delete_sql, delete_params = model.delete().where(key.in_(batch)).sql()
+    seen = data_version()
     while not run.dry_run and deleted < found:
         with hold.write():
-            removed = database.execute_sql(delete_sql, delete_params).rowcount
+            began = perf_counter()
+            removed = database.execute_sql(delete_sql, [*delete_params, pace.rows]).rowcount
             if not removed:
                 break
+            pace.record(removed, perf_counter() - began)
             deleted += removed
             # In the batch's transaction, so a killed run's record says what it deleted.
             progress[name] = deleted
             PurgeRun.update(progress=json.dumps(progress)).where(PurgeRun.id == run.id).execute()
         # Writers waiting for the lock (requests appending to the audit log) go first.
-        sleep(BATCH_PAUSE_SECONDS)
+        seen = _make_way(seen)
     return CategoryResult(
         target.category, target.kind, found, deleted, round(perf_counter() - started, 6)
     )
@@ -284,12 +332,14 @@ def purge_expired(
     now: datetime,
     *,
     actor: str,
-    batch_size: int = 1000,
+    batch_size: int = 10_000,
+    batch_seconds: float = BATCH_SECONDS,
     dry_run: bool = False,
     lease_ttl: timedelta = timedelta(minutes=2),
 ) -> PurgeOutcome:
     """Run one purge (or count what it would delete); raise PurgeBusy if another is running,
-    LeaseLost if another took the lease over meanwhile (this one then stops, writing nothing)."""
+    LeaseLost if another took the lease over meanwhile (this one then stops, writing nothing).
+    A batch deletes at most `batch_size` rows, fewer if they take longer than `batch_seconds`."""
     hold = _Hold(new_holder(), lease_ttl)
     if not acquire(LEASE, hold.holder, ttl=lease_ttl, now=datetime.now(UTC)):
         raise PurgeBusy(holder_of(LEASE))
@@ -300,7 +350,9 @@ def purge_expired(
         run = _start_run(hold, policies, dry_run, actor)
         progress: dict[str, int] = {}
         results = [
-            _purge_target(t, run=run, progress=progress, batch_size=batch_size, hold=hold)
+            _purge_target(
+                t, run=run, progress=progress, pace=_Pace(batch_size, batch_seconds), hold=hold
+            )
             for t in expired_targets(policies, now)
         ]
         _finish_run(run, results, actor, hold)
@@ -334,6 +386,7 @@ def purge_now(*, actor: str, dry_run: bool = False) -> PurgeOutcome:
         datetime.now(UTC),
         actor=actor,
         batch_size=int(config["PURGE_BATCH_SIZE"]),
+        batch_seconds=float(config["PURGE_BATCH_SECONDS"]),
         dry_run=dry_run,
         lease_ttl=timedelta(seconds=int(config["PURGE_LEASE_SECONDS"])),
     )

@@ -28,7 +28,7 @@ from flask import Flask
 
 from gateway import keyring
 from gateway.api.problems import PROBLEM_MIME
-from gateway.retention import LEASE
+from gateway.retention import LEASE, _Pace
 from gateway.store.clients import authenticate
 from gateway.store.db import database
 from gateway.store.leases import acquire
@@ -504,6 +504,20 @@ def test_a_purge_deletes_in_batches_of_the_configured_size(
     assert tally(report) == expected(events__browsing=(50, 50))
     assert held(app, OLD) == Counter({("events", "purchase"): 4})
     assert held(app, FRESH) == Counter({("events", "view"): 3})
+
+
+def test_a_batch_deletes_as_many_rows_as_fit_in_its_time() -> None:
+    pace = _Pace(most=10_000, seconds=0.008)
+    assert pace.rows == 1000  # until the cost of a row is known
+    pace.record(1000, 0.002)  # 2 us a row: 4,000 would fit, but a batch at most doubles
+    assert pace.rows == 2000
+    pace.record(2000, 0.004)
+    assert pace.rows == 4000
+    pace.record(4000, 2.0)  # one stalled batch: the median of the last three holds
+    assert pace.rows == 4000
+    pace.record(4000, 0.32)  # rows now cost 80 us (a trigger, a cold cache): 100 fit
+    assert pace.rows == 100
+    assert _Pace(most=500, seconds=60).rows == 500
 
 
 # -- policy changes ----------------------------------------------------------------------------

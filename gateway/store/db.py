@@ -160,6 +160,16 @@ def _begin_sqlite_write(db: Database) -> Any:
         db.execute_sql(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
+def data_version() -> int | None:
+    """A number that changes whenever another connection commits to the database (SQLite's
+    `data_version`), so that a long writer can tell whether others are writing; None on
+    PostgreSQL, where writers waiting for a lock are queued by the server."""
+    db = database.obj
+    if not isinstance(db, SqliteDatabase):
+        return None
+    return int(db.execute_sql("PRAGMA data_version").fetchone()[0])
+
+
 @contextmanager
 def write_transaction(*, serialize: bool = True) -> Iterator[None]:
     """A transaction that takes the write lock at its start, so writers queue instead of failing.
