@@ -9,6 +9,7 @@ gateway serve --host 127.0.0.1 --port 8000 --workers 2
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import signal
 import stat
@@ -26,6 +27,7 @@ from gateway.audit.commands import audit_group
 from gateway.crypto import Keyring
 from gateway.exits import GatewayCommand, GatewayCommands, exit_on_error
 from gateway.policy.documents import load_policy_set
+from gateway.policy.records import records_csv, records_of_processing
 from gateway.store.clients import Role, client_purposes, create_client, list_clients
 from gateway.store.clients import revoke_client as revoke
 from gateway.store.db import database, sqlite_files, write_transaction
@@ -183,6 +185,39 @@ def policy_check(policies_dir: str | None, registry_dir: str | None) -> None:
 main.add_command(policy)
 main.add_command(audit_group)
 
+registry = GatewayCommands("registry", help="The registry of databases holding personal data.")
+
+
+@registry.command("export")
+@with_appcontext
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default="-",
+    help="A file, or - for standard output.",
+)
+def registry_export(fmt: str, output: str) -> None:
+    """Records of processing (GDPR Art. 30) of the active registry and policies: a record per
+    registered database, as JSON or CSV (as GET /v1/registry/records-of-processing gives them)."""
+    from gateway import policies
+
+    active = policies()
+    records = records_of_processing(active, datetime.now(UTC))
+    if fmt == "csv":
+        text = records_csv(records)
+    else:
+        text = json.dumps({"policy_hash": active.hash, "records": records}, indent=2) + "\n"
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+
+
+main.add_command(registry)
+
 clients = AppGroup("clients", help="Manage API clients.")
 clients.command_class = GatewayCommand
 
@@ -334,5 +369,5 @@ def demo_command(host: str, port: int) -> None:
 
 def init_app(app: Flask) -> None:
     commands = (init_command, serve_command, demo_command, purge_command, scheduler_command)
-    for command in (*commands, clients, policy, audit_group):
+    for command in (*commands, clients, policy, registry, audit_group):
         app.cli.add_command(command)

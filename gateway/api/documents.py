@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from flask import Response
 from flask.views import MethodView
-from marshmallow import fields
+from marshmallow import RAISE, fields, validate
 
 from gateway import keyring, policies
 from gateway.api.auth import roles
-from gateway.api.strict import Blueprint, StrictBoolean, StrictSchema
+from gateway.api.strict import Blueprint, StrictBoolean, StrictSchema, StrictString
 from gateway.crypto import SIGNATURE_ALGORITHM
 from gateway.errors import NotFound
 from gateway.policy.model import Registration
+from gateway.policy.records import records_csv, records_of_processing
 from gateway.store.clients import Role
 
 blp = Blueprint("documents", __name__, url_prefix="/v1", description="Policies and registry")
@@ -42,6 +44,45 @@ class RegistrationSchema(StrictSchema):
 class RegistryListSchema(StrictSchema):
     policy_hash = fields.String()
     databases = fields.List(fields.Nested(RegistrationSchema))
+
+
+class RecordsArgs(StrictSchema):
+    format = StrictString(load_default="json", validate=validate.OneOf(["json", "csv"]))
+
+
+class RecordPurposeSchema(StrictSchema):
+    id = fields.String()
+    description = fields.String()
+    legal_basis = fields.String()
+    categories = fields.List(
+        fields.String(), metadata={"description": "What of this database the purpose may use"}
+    )
+
+
+class RecordCategorySchema(StrictSchema):
+    id = fields.String()
+    retention = fields.String(metadata={"description": "ISO 8601 duration"})
+    pii = StrictBoolean()
+    sensitive = StrictBoolean()
+
+
+class RecordSchema(StrictSchema):
+    database = fields.String()
+    name = fields.String()
+    controller = fields.String()
+    security_officer = fields.String()
+    reference = fields.String()
+    location = fields.String()
+    transfers = fields.List(fields.String())
+    review_by = fields.String(metadata={"description": "The registration's review date"})
+    active = StrictBoolean(metadata={"description": "False past the review date"})
+    purposes = fields.List(fields.Nested(RecordPurposeSchema))
+    categories = fields.List(fields.Nested(RecordCategorySchema))
+
+
+class RecordsSchema(StrictSchema):
+    policy_hash = fields.String()
+    records = fields.List(fields.Nested(RecordSchema))
 
 
 class PublicKeySchema(StrictSchema):
@@ -90,6 +131,36 @@ class Database(MethodView):
                 code="unknown_database",
             )
         return _registration(registration, datetime.now(UTC))
+
+
+@blp.route("/registry/records-of-processing")
+class RecordsOfProcessing(MethodView):
+    @roles(Role.AUDITOR, Role.ADMIN)
+    @blp.arguments(RecordsArgs, location="query", as_kwargs=True, unknown=RAISE)
+    @blp.response(200, RecordsSchema)
+    @blp.doc(
+        responses={
+            "200": {
+                "description": "JSON, or with format=csv a row per database",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Records"}},
+                    "text/csv": {"schema": {"type": "string"}},
+                },
+            }
+        }
+    )
+    def get(self, format: str) -> Any:
+        """Records of processing (GDPR Art. 30): a record per registered database, as JSON or as
+        CSV (a row per database)."""
+        active = policies()
+        records = records_of_processing(active, datetime.now(UTC))
+        if format == "csv":
+            return Response(
+                records_csv(records),
+                mimetype="text/csv",
+                headers={"Content-Disposition": 'attachment; filename="records-of-processing.csv"'},
+            )
+        return {"policy_hash": active.hash, "records": records}
 
 
 @blp.route("/keys/signing")

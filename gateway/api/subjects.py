@@ -14,6 +14,8 @@ from gateway.api.auth import roles
 from gateway.api.strict import Blueprint, StrictBoolean, StrictSchema, check_subject_id
 from gateway.audit import audit, audit_chained, chain_now, key_destroyed
 from gateway.audit.chain import Action, AuditRecord, entry_body
+from gateway.policy.engine import HoldingKind
+from gateway.policy.records import item_terms
 from gateway.store.clients import Role
 from gateway.store.consents import consent_records, receipt
 from gateway.store.db import database, fold_wal, lock_subject, write_transaction
@@ -144,6 +146,14 @@ class SubjectExport(MethodView):
             audit(_record(Action.SUBJECT_EXPORT, pseudonym, "exported"), now)
         subject = find_subject(pseudonym)
         attributes, events = everything(subject, keyring()) if subject else ([], [])
+        # per item, what it is and may be used for, where it is held and until when it is kept
+        active = policies()
+        for kind, items, name, at in (
+            (HoldingKind.ATTRIBUTE, attributes, "name", "updated_at"),
+            (HoldingKind.EVENT, events, "type", "at"),
+        ):
+            for item in items:
+                item.update(item_terms(active, kind, item[name], item["database"], item[at]))
         chain_now(wait=True)  # this request's own entry among them
         entries = (
             AuditEntry.select().where(AuditEntry.subject == pseudonym).order_by(AuditEntry.seq)

@@ -82,6 +82,7 @@ def sample_bodies() -> dict[tuple[str, str], Any]:
         ("/v1/policies", "GET"): None,
         ("/v1/registry/databases", "GET"): None,
         ("/v1/registry/databases/<string:database_id>", "GET"): None,
+        ("/v1/registry/records-of-processing", "GET"): None,
         ("/v1/keys/signing", "GET"): None,
         ("/v1/audit/entries", "GET"): None,
         ("/v1/audit/verify", "GET"): None,
@@ -205,6 +206,9 @@ ROLE_REFUSALS = [
     pytest.param("shop", "GET", "/v1/policies", None, id="app-policies"),
     pytest.param("shop", "GET", "/v1/registry/databases", None, id="app-registry"),
     pytest.param("shop", "GET", "/v1/registry/databases/crm", None, id="app-registry-one"),
+    pytest.param(
+        "shop", "GET", "/v1/registry/records-of-processing", None, id="app-records-of-processing"
+    ),
     pytest.param("auditor", "PUT", CONSENT, consent_body(), id="auditor-put-consent"),
     pytest.param(
         "auditor", "POST", f"/v1/subjects/{SUBJECT}/events", events_body(), id="auditor-events"
@@ -236,6 +240,9 @@ ROLE_ALLOWED = [
     pytest.param("auditor", "GET", "/v1/policies", id="auditor-policies"),
     pytest.param("auditor", "GET", "/v1/registry/databases", id="auditor-registry"),
     pytest.param("auditor", "GET", "/v1/registry/databases/crm", id="auditor-registry-one"),
+    pytest.param(
+        "auditor", "GET", "/v1/registry/records-of-processing", id="auditor-records-of-processing"
+    ),
     pytest.param("auditor", "GET", f"/v1/subjects/{SUBJECT}/consents", id="auditor-consents"),
     pytest.param("auditor", "GET", CONSENT, id="auditor-consent"),
     pytest.param("shop", "GET", CONSENT, id="app-own-consent"),

@@ -243,7 +243,13 @@ QUERY_VALUES = TEXT | DATES | HUGE | SPECIAL | st.integers().map(str)
 QUERIES = st.dictionaries(st.sampled_from(QUERY_NAMES), QUERY_VALUES, min_size=1, max_size=2) | (
     st.dictionaries(TEXT, TEXT, max_size=2)
 )
-ARGUMENT_PATHS = ["/v1/audit/entries", "/v1/audit/export", "/v1/audit/summary", "/v1/purges"]
+ARGUMENT_PATHS = [
+    "/v1/audit/entries",
+    "/v1/audit/export",
+    "/v1/audit/summary",
+    "/v1/purges",
+    "/v1/registry/records-of-processing",
+]
 PLAIN_PATHS = ["/v1/audit/verify", "/v1/policies", "/v1/registry/databases"]
 
 
