@@ -227,8 +227,7 @@ def seed_subjects(app: Any, count: int, per_subject: int = 2) -> list[str]:
     # The triggers count row by row; in bulk, counting once at the end (as the migration that
     # adds the tallies does) takes a fraction of the time.
     with write_transaction():
-        for trigger in ("insert", "delete", "update"):
-            database.execute_sql(f"DROP TRIGGER IF EXISTS event_tally_{trigger}")
+        tallies.uninstall()
     for start in range(0, count, batch):
         ids = [f"subject-{n}" for n in range(start, min(count, start + batch))]
         with write_transaction():

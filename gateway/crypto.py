@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from gateway.errors import EXIT_USAGE, Unavailable
 
 SCHEME = "v1"
+FIELD_TAG = "dk"  # the tag of `encrypt_field`'s tokens
 LABEL_TAG = "dl"  # the tag of `encrypt_label`'s tokens
 SIGNATURE_ALGORITHM = "Ed25519"
 
@@ -95,7 +96,7 @@ def _open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
 def encrypt_field(data_key: bytes, plaintext: str, context: str) -> str:
     """Encrypt one value with a subject's data key, bound to `context` (where it is stored)."""
     sealed = _seal(data_key, plaintext.encode("utf-8"), context.encode("utf-8"))
-    return f"{SCHEME}:dk:{_b64(sealed)}"
+    return f"{SCHEME}:{FIELD_TAG}:{_b64(sealed)}"
 
 
 def _label_key(data_key: bytes) -> bytes:
@@ -133,7 +134,7 @@ def _parse(token: str) -> tuple[str, str, bytes]:
 def decrypt_field(data_key: bytes, token: str, context: str) -> str:
     """Decrypt a token of `encrypt_field` or `encrypt_label`."""
     scheme, tag, sealed = _parse(token)
-    if scheme != SCHEME or tag not in ("dk", LABEL_TAG):
+    if scheme != SCHEME or tag not in (FIELD_TAG, LABEL_TAG):
         raise KeyringError(f"unknown field encryption scheme {scheme}:{tag}")
     try:
         if tag == LABEL_TAG:

@@ -224,11 +224,11 @@ def _minimize(
         else:
             events[(holding.database, holding.name)] = retention_cutoff(category, now)
     window = purpose.scoring.exclude_purchased_within
-    items = [] if window is None else [(db, kind, now - window) for db, kind in events]
+    bought = [] if window is None else [(db, k, now - window) for db, k in events if k == PURCHASE]
     plan = ReadPlan(
         attributes=tuple(sorted(attributes)),
         events=tuple(sorted((db, kind, since) for (db, kind), since in events.items())),
-        items=tuple(sorted(item for item in items if item[1] == PURCHASE)),
+        items=tuple(sorted(bought)),
     )
     drops = tuple(Dropped(f, db, r, n) for (f, db, r), n in sorted(dropped.items()))
     return tuple(sorted(used)), drops, plan

@@ -15,7 +15,7 @@ from functools import lru_cache, reduce
 from operator import or_
 from typing import Any
 
-from gateway.crypto import SCHEME, Keyring, decrypt_field, encrypt_field, encrypt_labels
+from gateway.crypto import FIELD_TAG, SCHEME, Keyring, decrypt_field, encrypt_field, encrypt_labels
 from gateway.policy.engine import Holding, HoldingKind, ReadPlan
 from gateway.policy.model import Duration
 from gateway.scoring import Profile, Scalar
@@ -98,7 +98,7 @@ def add_events(
 
 
 # How an event's sealed values began, before deterministic tokens: each under a random nonce.
-LEGACY = f"{SCHEME}:dk:"
+LEGACY = f"{SCHEME}:{FIELD_TAG}:"
 
 
 class Unsealer:
@@ -226,8 +226,8 @@ def read_profile(
     bought, when last."""
     if subject is None or (not plan.attributes and not plan.events):
         return Profile()
-    if history is None:
-        history = History(subject, {kind: since for _, kind, since in plan.events})
+    if history is None:  # for a plan without events: a History that reads nothing
+        history = History(subject if plan.events else None, {k: s for _, k, s in plan.events})
     unseal = Unsealer(subject, keyring)
     return Profile(
         _read_attributes(subject, plan, unseal),

@@ -2,6 +2,7 @@
 
     install()    # the triggers (in a write); `gateway init` and schema step 6 call it
     rebuild()    # every tally counted again from the events (in a write)
+    uninstall()  # the triggers gone, for a bulk load that rebuild() then counts
 
 A trigger on `event` adds each inserted row to its tally, takes each deleted row off, and moves
 an updated one, in the statement's own transaction. So a tally counts exactly the rows stored,
@@ -115,6 +116,14 @@ def install() -> None:
     """Create (or replace) the triggers that keep `event_tally`; call in a write."""
     for statement in SQLITE if serializes_writers() else POSTGRES:
         database.execute_sql(statement)
+
+
+def uninstall() -> None:
+    """Drop the triggers (in a write), for a bulk load that `rebuild` then counts at once: per
+    row, they cost a load of millions of events most of its time."""
+    on = "" if serializes_writers() else " ON event"
+    for trigger in ("insert", "delete", "update"):
+        database.execute_sql(f"DROP TRIGGER IF EXISTS event_tally_{trigger}{on}")
 
 
 def rebuild() -> None:
