@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test test-sqlite test-postgres lint bench clean postgres
+.PHONY: install run test test-sqlite test-postgres lint bench clean postgres screenshots
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,7 @@ lint: install
 
 # The whole suite runs twice: on SQLite, then on PostgreSQL. GATEWAY_DATABASE_URL names the
 # PostgreSQL database to use; without it a local server is installed (Debian's package) and started.
+# The console's browser tests need headless Chromium: Debian's package, installed if missing.
 # pytest exits 5 when it collected no tests: that is a failure here.
 PYTEST = rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
@@ -33,11 +34,13 @@ PYTEST = rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 test: lint test-sqlite test-postgres
 
 test-sqlite: install
-	env -u GATEWAY_DATABASE_URL -u GATEWAY_KEYSTORE_URL sh -c '$(PYTEST)'
+	chromium="$$(scripts/chromium.sh)" && \
+	env -u GATEWAY_DATABASE_URL -u GATEWAY_KEYSTORE_URL TEST_CHROMIUM="$$chromium" sh -c '$(PYTEST)'
 
 test-postgres: install
+	chromium="$$(scripts/chromium.sh)" && \
 	url="$${GATEWAY_DATABASE_URL:-$$(scripts/postgres.sh start)}" && \
-	GATEWAY_DATABASE_URL="$$url" sh -c '$(PYTEST)'
+	GATEWAY_DATABASE_URL="$$url" TEST_CHROMIUM="$$chromium" sh -c '$(PYTEST)'
 
 # A local PostgreSQL for trying the gateway or the benchmarks on it; prints its URL.
 postgres:
@@ -45,6 +48,12 @@ postgres:
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache
+
+# The console's pictures in docs/console/, taken in headless Chromium on the demo data.
+screenshots: install
+	chromium="$$(scripts/chromium.sh)" && env -u GATEWAY_DATABASE_URL -u GATEWAY_KEYSTORE_URL \
+	TEST_CHROMIUM="$$chromium" CONSOLE_SCREENSHOTS=docs/console \
+	$(BIN)/pytest tests/browser/test_pages.py
 
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -18,8 +18,8 @@ from gateway.policy.model import PolicySet
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: configuration, validated documents, database binding, API, CLI."""
-    from gateway import api, cli, limits, observability
+    """Build the app: configuration, validated documents, database binding, API, console, CLI."""
+    from gateway import api, cli, console, limits, observability
     from gateway.api import problems
     from gateway.store import db, keystore
 
@@ -35,6 +35,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     observability.init_app(app)
     api.init_app(app)
     limits.init_app(app)
+    console.init_app(app)
     cli.init_app(app)
     return app
 

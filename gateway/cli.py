@@ -23,13 +23,13 @@ from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
+from gateway.audit.clients import audit_client_change, revoke_audited
 from gateway.audit.commands import audit_group
 from gateway.crypto import Keyring
 from gateway.exits import GatewayCommand, GatewayCommands, exit_on_error
 from gateway.policy.documents import load_policy_set
 from gateway.policy.records import records_csv, records_of_processing
 from gateway.store.clients import Role, client_purposes, create_client, list_clients
-from gateway.store.clients import revoke_client as revoke
 from gateway.store.db import database, sqlite_files, write_transaction
 from gateway.store.keystore import keystore_files
 from gateway.store.migrations import check_keyring, upgrade
@@ -222,22 +222,6 @@ clients = AppGroup("clients", help="Manage API clients.")
 clients.command_class = GatewayCommand
 
 
-def audit_client_change(action: Action, name: str, fields: dict[str, Any]) -> None:
-    """Append a client.create or client.revoke entry (call inside the write transaction)."""
-    from gateway import policies
-
-    audit(
-        AuditRecord(
-            actor=operator(),
-            action=action,
-            policy_hash=policies().hash,
-            outcome="recorded",
-            fields={"client": name, **fields},
-        ),
-        datetime.now(UTC),
-    )
-
-
 @clients.command("add")
 @click.argument("name")
 @click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
@@ -255,9 +239,8 @@ def clients_add(name: str, role: str, purposes: tuple[str, ...]) -> None:
         raise click.BadParameter("an app client needs at least one purpose", param_hint="--purpose")
     with database.connection_context(), write_transaction():
         client, key = create_client(name, Role(role), list(purposes), datetime.now(UTC))
-        audit_client_change(
-            Action.CLIENT_CREATE, name, {"role": role, "purposes": client_purposes(client)}
-        )
+        granted = {"role": role, "purposes": client_purposes(client)}
+        audit_client_change(Action.CLIENT_CREATE, name, granted, actor=operator())
     click.echo(f"created {role} client {name!r}; keep this key, it is not shown again:")
     click.echo(key)
 
@@ -276,10 +259,8 @@ def clients_list() -> None:
 @click.argument("name")
 def clients_revoke(name: str) -> None:
     """Revoke a client's key at once."""
-    with database.connection_context(), write_transaction():
-        changed = revoke(name, datetime.now(UTC))
-        if changed:
-            audit_client_change(Action.CLIENT_REVOKE, name, {})
+    with database.connection_context():
+        changed = revoke_audited(name, actor=operator())
     click.echo(f"revoked {name!r}" if changed else f"{name!r} was already revoked")
 
 

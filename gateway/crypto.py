@@ -253,6 +253,13 @@ class Keyring:
     def sign(self, payload: bytes) -> str:
         return _b64(self.signing_key.sign(payload))
 
+    def derived_secret(self, use: str) -> bytes:
+        """A 256-bit secret for one named use (such as signing the console's session cookies),
+        derived from the HMAC key with HKDF: every process holding this keyring derives the
+        same one, and it reveals neither the key nor another use's secret."""
+        info = f"gateway derived secret: {use}".encode()
+        return HKDF(SHA256(), length=32, salt=None, info=info).derive(self.hmac_key)
+
     def fingerprint(self) -> str:
         """A one-way value naming this keyring: its key id and every key, revealing none.
 

@@ -15,7 +15,8 @@ import click
 from flask import Flask
 
 from gateway.audit.chain import Action
-from gateway.cli import audit_client_change
+from gateway.audit.clients import audit_client_change
+from gateway.cli import operator
 from gateway.store.clients import Role, client_purposes, create_client
 from gateway.store.db import database, write_transaction
 
@@ -33,7 +34,7 @@ def _create_clients(path: Path) -> dict[str, str]:
         for name, (role, purposes) in CLIENTS.items():
             client, keys[name] = create_client(name, role, purposes, datetime.now(UTC))
             granted = {"role": role.value, "purposes": client_purposes(client)}
-            audit_client_change(Action.CLIENT_CREATE, name, granted)
+            audit_client_change(Action.CLIENT_CREATE, name, granted, actor=operator())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(keys, handle, indent=2)

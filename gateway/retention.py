@@ -376,6 +376,12 @@ def run_report(run: PurgeRun) -> dict[str, Any]:
     return report
 
 
+def recent_runs(limit: int) -> list[dict[str, Any]]:
+    """The last `limit` runs, newest first, each with its per-category report."""
+    runs = PurgeRun.select().order_by(PurgeRun.id.desc()).limit(limit)
+    return [run_report(run) for run in runs]
+
+
 def purge_now(*, actor: str, dry_run: bool = False) -> PurgeOutcome:
     """One purge with the running app's policies and GATEWAY_PURGE_* settings."""
     from gateway import policies

@@ -4,43 +4,61 @@ from __future__ import annotations
 
 import re
 import uuid
+from http import HTTPStatus
 
 from flask import Flask, Response, g, request
 from flask_smorest import Api
-from marshmallow import fields
 from werkzeug.exceptions import HTTPException
 
 from gateway.api.auth import authenticate_request
-from gateway.api.problems import http_problem
-from gateway.api.strict import StrictJSONProvider, StrictSchema
+from gateway.api.contract import (
+    AUTHENTICATED_PREFIX,
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_PATTERN,
+    ErrorResponses,
+    ProblemSchema,
+    describe_fields,
+    problem_example,
+    problem_response,
+)
+from gateway.api.problems import PROBLEM_MIME, http_problem
+from gateway.api.strict import StrictJSONProvider
 from gateway.errors import GatewayError
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+GIVEN_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
-
-class ProblemSchema(StrictSchema):
-    """An RFC 9457 problem document."""
-
-    type = fields.String()
-    title = fields.String()
-    status = fields.Integer()
-    code = fields.String()
-    detail = fields.String()
-    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+__all__ = ["GatewayApi", "ProblemSchema", "init_app"]
 
 
 class GatewayApi(Api):
+    """flask-smorest's Api, answering and documenting every error as problem+json."""
+
     ERROR_SCHEMA = ProblemSchema
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         return http_problem(error)
 
+    def _register_responses(self) -> None:
+        """A component response per error status (flask-smorest names them HTTPStatus names),
+        lazily: only those the operations refer to appear in the document."""
+        self.spec.components.header(REQUEST_ID_HEADER, REQUEST_ID)
+        for status in HTTPStatus:
+            if status >= 400:
+                self.spec.components.response(status.name, problem_response(status), lazy=True)
+        default = problem_response(HTTPStatus.INTERNAL_SERVER_ERROR)
+        default["description"] = "Any other error, also problem+json."
+        default["content"][PROBLEM_MIME]["example"] = problem_example(
+            500, "internal_error", "An unexpected error occurred."
+        )
+        self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME, default, lazy=True)
+
 
 def _before_request() -> None:
     given = request.headers.get("X-Request-Id", "")
-    g.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+    g.request_id = given if GIVEN_REQUEST_ID.match(given) else uuid.uuid4().hex
     # OPTIONS carries no key (browsers send it before the real request) and reveals no data.
-    if not request.path.startswith("/v1/") or request.method == "OPTIONS":
+    if not request.path.startswith(AUTHENTICATED_PREFIX) or request.method == "OPTIONS":
         return
     authenticate_request()
     has_body = request.content_length or request.headers.get("Transfer-Encoding")
@@ -63,6 +81,7 @@ def init_app(app: Flask) -> None:
     from gateway.api import (
         audit,
         consents,
+        docs,
         documents,
         health,
         personalize,
@@ -75,6 +94,8 @@ def init_app(app: Flask) -> None:
     app.json = StrictJSONProvider(app)
     app.before_request(_before_request)
     app.after_request(_after_request)
-    api = GatewayApi(app)
+    api = GatewayApi(app, spec_kwargs={"extra_plugins": [ErrorResponses()]})
+    describe_fields(api.ma_plugin, app)
     for module in (personalize, consents, profiles, subjects, documents, audit, purges, health):
         api.register_blueprint(module.blp)
+    app.register_blueprint(docs.assets)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from flask import g, request
+from flask_smorest import Blueprint
 
 from gateway.errors import Forbidden, Unauthorized
 from gateway.store.clients import Role, authenticate, client_purposes
@@ -33,7 +34,8 @@ def authenticate_request() -> None:
 
 
 def roles(*allowed: Role) -> Callable[[View], View]:
-    """Admit only clients with one of `allowed` roles (else 403), before any body is parsed."""
+    """Admit only clients with one of `allowed` roles (else 403), before any body is parsed;
+    the OpenAPI document lists them as the operation's `x-roles`."""
 
     def decorate(view: View) -> View:
         @functools.wraps(view)
@@ -45,7 +47,8 @@ def roles(*allowed: Role) -> Callable[[View], View]:
                 raise Forbidden(message)
             return view(*args, **kwargs)
 
-        return cast(View, checked)
+        documented = Blueprint.doc(**{"x-roles": [r.value for r in allowed]})(checked)
+        return cast(View, documented)
 
     return decorate
 

@@ -10,7 +10,16 @@ from flask.views import MethodView
 from marshmallow import ValidationError, fields, validate, validates
 
 from gateway import keyring, policies
+from gateway.api import examples
 from gateway.api.auth import caller, may_use, roles
+from gateway.api.contract import (
+    INVALID_SUBJECT_ID,
+    POLICY_HASH,
+    PURPOSE_PARAMETER,
+    SUBJECT_ID_PARAMETER,
+    problem,
+    vocabulary,
+)
 from gateway.api.strict import (
     Blueprint,
     StrictBoolean,
@@ -21,9 +30,10 @@ from gateway.api.strict import (
 )
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
+from gateway.crypto import SIGNATURE_ALGORITHM
 from gateway.errors import NotFound
-from gateway.policy.engine import consent_status, grant_expiry
-from gateway.policy.model import Purpose
+from gateway.policy.engine import ConsentState, consent_status, grant_expiry
+from gateway.policy.model import LegalBasis, Purpose, Reason
 from gateway.store.clients import Role
 from gateway.store.consents import as_events, consent_records, receipt, record_consent
 from gateway.store.db import lock_subject, write_transaction
@@ -36,10 +46,27 @@ SUBJECT_PATH = "/<string:subject_id>/consents"
 
 
 class ConsentChangeSchema(StrictSchema):
-    granted = StrictBoolean(required=True)
-    source = StrictString(required=True, validate=validate.Length(min=1, max=64))
-    notice_version = StrictString(required=True, validate=validate.Length(min=1, max=64))
-    expires_at = UtcDateTime(load_default=None)
+    granted = StrictBoolean(
+        required=True,
+        metadata={"description": "true grants consent; false withdraws it (or objects)"},
+    )
+    source = StrictString(
+        required=True,
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": "Where the subject said so", "example": "web_banner"},
+    )
+    notice_version = StrictString(
+        required=True,
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": "The version of the notice the subject saw", "example": "2026-01"},
+    )
+    expires_at = UtcDateTime(
+        load_default=None,
+        metadata={
+            "description": "When the grant lapses, in the future; it lapses earlier where the"
+            " purpose's consent_max_age says so"
+        },
+    )
 
     @validates("expires_at")
     def _future(self, value: datetime | None, **_: Any) -> None:
@@ -47,36 +74,117 @@ class ConsentChangeSchema(StrictSchema):
             raise ValidationError("Must be in the future.")
 
 
+class ReceiptPayloadSchema(StrictSchema):
+    receipt_id = fields.String(
+        required=True, metadata={"description": "The receipt's id", "format": "uuid"}
+    )
+    subject = fields.String(
+        required=True, metadata={"description": "The subject's pseudonym (never the raw id)"}
+    )
+    purpose = fields.String(required=True, metadata={"description": "The purpose"})
+    granted = StrictBoolean(required=True, metadata={"description": "A grant, or a withdrawal"})
+    source = fields.String(required=True, metadata={"description": "Where the subject said so"})
+    notice_version = fields.String(
+        required=True, metadata={"description": "The notice the subject saw"}
+    )
+    recorded_at = fields.String(
+        required=True,
+        metadata={"description": "When the gateway recorded it (UTC)", "format": "date-time"},
+    )
+    expires_at = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The expiry the caller gave, if any", "format": "date-time"},
+    )
+    policy_hash = fields.String(required=True, metadata=POLICY_HASH)
+    key_id = fields.String(required=True, metadata={"description": "The signing key's id"})
+
+
 class ReceiptSchema(StrictSchema):
-    payload = fields.Dict()
-    algorithm = fields.String()
-    signature = fields.String()
+    payload = fields.Nested(
+        ReceiptPayloadSchema,
+        required=True,
+        metadata={"description": "What was signed, as canonical JSON (sorted keys, no spaces)"},
+    )
+    algorithm = fields.String(
+        required=True,
+        validate=vocabulary([SIGNATURE_ALGORITHM]),
+        metadata={"description": "The signature scheme"},
+    )
+    signature = fields.String(
+        required=True,
+        metadata={
+            "description": "Base64url signature of the payload, verified with GET /v1/keys/signing"
+        },
+    )
 
 
 class ConsentRecordSchema(StrictSchema):
-    purpose = fields.String()
-    granted = StrictBoolean()
-    source = fields.String()
-    notice_version = fields.String()
-    recorded_at = fields.AwareDateTime()
-    expires_at = fields.AwareDateTime(allow_none=True)
-    client = fields.String()
-    receipt = fields.Nested(ReceiptSchema)
+    purpose = fields.String(required=True, metadata={"description": "The purpose"})
+    granted = StrictBoolean(required=True, metadata={"description": "A grant, or a withdrawal"})
+    source = fields.String(required=True, metadata={"description": "Where the subject said so"})
+    notice_version = fields.String(
+        required=True, metadata={"description": "The notice the subject saw"}
+    )
+    recorded_at = fields.AwareDateTime(
+        required=True, metadata={"description": "When the gateway recorded it"}
+    )
+    expires_at = fields.AwareDateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "When a grant lapses (its own expiry or consent_max_age)"},
+    )
+    client = fields.String(required=True, metadata={"description": "The client that recorded it"})
+    receipt = fields.Nested(
+        ReceiptSchema, required=True, metadata={"description": "The signed receipt"}
+    )
 
 
 class PurposeConsentSchema(StrictSchema):
-    purpose = fields.String()
-    legal_basis = fields.String()
-    state = fields.String()
-    lawful = StrictBoolean()
-    reason = fields.String()
-    expires_at = fields.AwareDateTime(allow_none=True)
-    history = fields.List(fields.Nested(ConsentRecordSchema))
+    purpose = fields.String(required=True, metadata={"description": "The purpose"})
+    legal_basis = fields.String(
+        required=True,
+        validate=vocabulary(LegalBasis),
+        metadata={"description": "The purpose's legal basis"},
+    )
+    state = fields.String(
+        required=True,
+        validate=vocabulary(ConsentState),
+        metadata={"description": "The latest consent change, as of now"},
+    )
+    lawful = StrictBoolean(
+        required=True,
+        metadata={"description": "Whether the purpose may use the subject's data now"},
+    )
+    reason = fields.String(
+        required=True,
+        validate=vocabulary(Reason),
+        metadata={"description": "Why it is lawful or not"},
+    )
+    expires_at = fields.AwareDateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "When the grant in force lapses"},
+    )
+    history = fields.List(
+        fields.Nested(ConsentRecordSchema),
+        required=True,
+        metadata={"description": "Every consent change for the purpose, newest first"},
+    )
 
 
 class SubjectConsentsSchema(StrictSchema):
-    subject_id = fields.String()
-    purposes = fields.List(fields.Nested(PurposeConsentSchema))
+    subject_id = fields.String(required=True, metadata={"description": "The subject's id"})
+    purposes = fields.List(
+        fields.Nested(PurposeConsentSchema),
+        required=True,
+        metadata={"description": "Per purpose the client may use, its state and history"},
+    )
+
+
+UNKNOWN_PURPOSE = problem(
+    404, "unknown_purpose", "Unknown purpose.", {"purpose": ["Unknown: 'newsletter'."]}
+)
 
 
 def _purpose(purpose_id: str) -> Purpose:
@@ -114,10 +222,11 @@ def _purpose_state(purpose: Purpose, records: list[ConsentRecord], now: datetime
     }
 
 
-@blp.route(SUBJECT_PATH)
+@blp.route(SUBJECT_PATH, parameters=[SUBJECT_ID_PARAMETER])
 class SubjectConsents(MethodView):
     @roles(Role.APP, Role.AUDITOR, Role.ADMIN)
-    @blp.response(200, SubjectConsentsSchema)
+    @blp.response(200, SubjectConsentsSchema, example=examples.SUBJECT_CONSENTS)
+    @blp.alt_response(**INVALID_SUBJECT_ID)
     def get(self, subject_id: str) -> dict[str, Any]:
         """Consent state and history per purpose (an app sees its own purposes only)."""
         client = caller()
@@ -132,10 +241,12 @@ class SubjectConsents(MethodView):
         return {"subject_id": subject_id, "purposes": states}
 
 
-@blp.route(SUBJECT_PATH + "/<string:purpose>")
+@blp.route(SUBJECT_PATH + "/<string:purpose>", parameters=[SUBJECT_ID_PARAMETER, PURPOSE_PARAMETER])
 class SubjectPurposeConsent(MethodView):
     @roles(Role.APP, Role.AUDITOR, Role.ADMIN)
-    @blp.response(200, PurposeConsentSchema)
+    @blp.response(200, PurposeConsentSchema, example=examples.PURPOSE_STATE)
+    @blp.alt_response(**UNKNOWN_PURPOSE)
+    @blp.alt_response(**INVALID_SUBJECT_ID)
     def get(self, subject_id: str, purpose: str) -> dict[str, Any]:
         """Consent state and history for one purpose."""
         found = _purpose(purpose)
@@ -145,8 +256,9 @@ class SubjectPurposeConsent(MethodView):
         return _purpose_state(found, consent_records(subject, purpose), datetime.now(UTC))
 
     @roles(Role.APP, Role.ADMIN)
-    @blp.arguments(ConsentChangeSchema)
-    @blp.response(200, ConsentRecordSchema)
+    @blp.arguments(ConsentChangeSchema, example=examples.CONSENT_CHANGE)
+    @blp.response(200, ConsentRecordSchema, example=examples.CONSENT_RECORD)
+    @blp.alt_response(**UNKNOWN_PURPOSE)
     def put(self, change: dict[str, Any], subject_id: str, purpose: str) -> dict[str, Any]:
         """Record a grant or withdrawal (effective at once); returns a signed receipt."""
         found = _purpose(purpose)

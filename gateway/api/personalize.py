@@ -11,12 +11,15 @@ from flask.views import MethodView
 from marshmallow import RAISE, ValidationError, fields, validate, validates, validates_schema
 
 from gateway import keyring, policies, scoring
+from gateway.api import examples
 from gateway.api.auth import caller, roles
+from gateway.api.contract import POLICY_HASH, problem, vocabulary
 from gateway.api.strict import (
     Blueprint,
     Scalar,
     StrictBoolean,
     StrictFloat,
+    StrictInteger,
     StrictSchema,
     StrictString,
     SubjectIdField,
@@ -26,7 +29,7 @@ from gateway.audit.chain import Action, AuditRecord
 from gateway.errors import Conflict
 from gateway.observability import DECISIONS
 from gateway.policy.engine import Decision, decide, event_cutoffs
-from gateway.policy.model import Outcome
+from gateway.policy.model import Outcome, Reason
 from gateway.store.clients import Role
 from gateway.store.consents import as_events, consent_receipts, consent_records
 from gateway.store.db import lock_subject, write_transaction
@@ -41,20 +44,68 @@ blp = Blueprint("personalize", __name__, url_prefix="/v1", description="Governed
 
 
 class CandidateSchema(StrictSchema):
-    id = StrictString(required=True, validate=validate.Length(min=1, max=256))
-    category = StrictString(required=True, validate=validate.Length(min=1, max=256))
-    popularity = StrictFloat(validate=validate.Range(min=0))
+    id = StrictString(
+        required=True,
+        validate=validate.Length(min=1, max=256),
+        metadata={"description": "The item's id, unique among the candidates", "example": "sku-2"},
+    )
+    category = StrictString(
+        required=True,
+        validate=validate.Length(min=1, max=256),
+        metadata={"description": "The item's product category", "example": "shoes"},
+    )
+    popularity = StrictFloat(
+        validate=validate.Range(min=0),
+        metadata={
+            "description": "An anonymous popularity count, which the non-personalized ranking"
+            " orders by",
+            "example": 90,
+        },
+    )
     features = fields.Dict(
-        keys=StrictString(validate=validate.Length(min=1, max=64)), values=Scalar()
+        keys=StrictString(validate=validate.Length(min=1, max=64)),
+        values=Scalar(),
+        metadata={
+            "description": "The item's features (names of 1 to 64 characters) that segment rules"
+            " match against the subject's attributes",
+            "example": {"brand": "acme", "size": 42},
+        },
     )
 
 
 class PersonalizeSchema(StrictSchema):
     subject_id = SubjectIdField
-    purpose = StrictString(required=True, validate=validate.Length(min=1, max=64))
-    candidates = fields.List(fields.Nested(CandidateSchema), required=True)
-    context = fields.Dict(keys=StrictString(validate=validate.Length(max=64)), values=Scalar())
-    limit = fields.Integer(strict=True, validate=validate.Range(min=1, max=1000))
+    purpose = StrictString(
+        required=True,
+        validate=validate.Length(min=1, max=64),
+        metadata={
+            "description": "The purpose of the ranking; an app must have been granted it",
+            "policy_ids": "purposes",
+            "example": "recommendations",
+        },
+    )
+    candidates = fields.List(
+        fields.Nested(CandidateSchema),
+        required=True,
+        metadata={
+            "description": "The items to rank, with unique ids (at most GATEWAY_MAX_CANDIDATES)",
+            "uniqueItems": True,
+            "count_setting": "MAX_CANDIDATES",
+        },
+    )
+    context = fields.Dict(
+        keys=StrictString(validate=validate.Length(max=64)),
+        values=Scalar(),
+        metadata={
+            "description": "The caller's context of the request (names of at most 64 characters);"
+            " not stored",
+            "example": {"page": "home"},
+        },
+    )
+    limit = StrictInteger(
+        validate=validate.Range(min=1, max=1000),
+        metadata={"description": "How many items to return at most (default: all)"},
+    )
 
     @validates("purpose")
     def _known_purpose(self, value: str, **_: Any) -> None:
@@ -73,32 +124,98 @@ class PersonalizeSchema(StrictSchema):
 
 
 class ExplainArgs(StrictSchema):
-    explain = fields.Boolean(load_default=False)
+    explain = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Add each item's score contributions and the excluded items"},
+    )
 
 
 class ItemSchema(StrictSchema):
-    id = fields.String()
-    score = fields.Float()
-    contributions = fields.Dict(keys=fields.String(), values=fields.Float())
+    id = fields.String(required=True, metadata={"description": "The candidate's id"})
+    score = fields.Float(
+        required=True,
+        metadata={"description": "Higher ranks first; equal scores keep the caller's order"},
+    )
+    contributions = fields.Dict(
+        keys=fields.String(),
+        values=fields.Float(),
+        metadata={
+            "description": "With explain: what the score sums (`affinity:<category>`,"
+            " `segment:<name>`, or `popularity`)",
+            "example": {"affinity:shoes": 1.0, "segment:favorite_brand": 0.5},
+        },
+    )
 
 
 class DroppedSchema(StrictSchema):
-    field = fields.String()
-    database = fields.String()
-    reason = fields.String()
-    count = fields.Integer()
+    field = fields.String(
+        required=True,
+        metadata={"description": "The attribute name or event type held back"},
+    )
+    database = fields.String(required=True, metadata={"description": "The database holding it"})
+    reason = fields.String(
+        required=True,
+        validate=vocabulary(Reason),
+        metadata={"description": "Why it did not reach the scorer"},
+    )
+    count = fields.Integer(
+        required=True,
+        validate=validate.Range(min=1),
+        metadata={"description": "How many items of it were held back"},
+    )
 
 
 class DecisionSchema(StrictSchema):
-    decision_id = fields.String()
-    outcome = fields.String()
-    personalized = StrictBoolean()
-    items = fields.List(fields.Nested(ItemSchema))
-    excluded = fields.List(fields.String())
-    reasons = fields.List(fields.String())
-    fields_used = fields.List(fields.String())
-    fields_dropped = fields.List(fields.Nested(DroppedSchema))
-    policy_hash = fields.String()
+    decision_id = fields.String(
+        required=True,
+        metadata={"description": "The decision's id, also in its audit entry", "format": "uuid"},
+    )
+    outcome = fields.String(
+        required=True,
+        validate=vocabulary(Outcome),
+        metadata={
+            "description": "allow: personalized; fallback: non-personalized ranking, no"
+            " personal data read; deny: no ranking (the purpose has no fallback)"
+        },
+    )
+    personalized = StrictBoolean(
+        required=True, metadata={"description": "True only when the outcome is allow"}
+    )
+    items = fields.List(
+        fields.Nested(ItemSchema),
+        required=True,
+        metadata={"description": "The ranked candidates, best first; empty on deny"},
+    )
+    excluded = fields.List(
+        fields.String(),
+        metadata={"description": "With explain: candidates left out as recently bought"},
+    )
+    reasons = fields.List(
+        fields.String(validate=vocabulary(Reason)),
+        required=True,
+        metadata={"description": "Why the outcome is what it is, machine-readable"},
+    )
+    fields_used = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "The data categories and attribute names read"},
+    )
+    fields_dropped = fields.List(
+        fields.Nested(DroppedSchema),
+        required=True,
+        metadata={"description": "The data held but not used, and why"},
+    )
+    policy_hash = fields.String(required=True, metadata=POLICY_HASH)
+
+
+GPC = {
+    "in": "header",
+    "name": "Sec-GPC",
+    "required": False,
+    "description": "Global Privacy Control: `1` objects to purposes that honor it",
+    "schema": {"type": "string"},
+    "example": "1",
+}
 
 
 def _consents_changed(pseudonym: str, seen: list[ConsentRecord]) -> bool:
@@ -178,12 +295,19 @@ def _response(decision: Decision, decision_id: str, ranking: scoring.Ranking, ex
     return body
 
 
-@blp.route("/personalize")
+@blp.route("/personalize", parameters=[GPC])
 class Personalize(MethodView):
     @roles(Role.APP, Role.ADMIN)
     @blp.arguments(ExplainArgs, location="query", as_kwargs=True, unknown=RAISE)
-    @blp.arguments(PersonalizeSchema)
-    @blp.response(200, DecisionSchema)
+    @blp.arguments(PersonalizeSchema, example=examples.PERSONALIZE)
+    @blp.response(200, DecisionSchema, example=examples.DECISION)
+    @blp.alt_response(
+        **problem(
+            409,
+            "consent_changing",
+            "The subject's consent kept changing while the decision was made; try again.",
+        )
+    )
     def post(self, body: dict[str, Any], explain: bool) -> dict[str, Any]:
         """Rank candidates for a subject, personalized only where policy and consent allow."""
         purpose = body["purpose"]

@@ -107,13 +107,18 @@ def http_problem(error: HTTPException) -> Response:
     return problem(_from_http(error))
 
 
+def reported(error: Exception) -> GatewayError:
+    """`as_gateway_error(error)`, with a server-side failure's cause logged (never shown)."""
+    mapped = as_gateway_error(error)
+    if mapped.status >= 500:
+        cause = error.__cause__ or error
+        logger = current_app.logger
+        level = logger.error if isinstance(mapped, Unavailable) else logger.exception
+        level("%s: %s: %s", mapped.code, type(cause).__name__, cause)
+    return mapped
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _any(error: Exception) -> Response:
-        mapped = as_gateway_error(error)
-        if mapped.status >= 500:
-            # the cause goes to the log, never to the client
-            cause = error.__cause__ or error
-            level = app.logger.error if isinstance(mapped, Unavailable) else app.logger.exception
-            level("%s: %s: %s", mapped.code, type(cause).__name__, cause)
-        return problem(mapped)
+        return problem(reported(error))

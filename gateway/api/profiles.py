@@ -12,7 +12,9 @@ from flask.views import MethodView
 from marshmallow import ValidationError, fields, validate, validates
 
 from gateway import keyring, policies
+from gateway.api import examples
 from gateway.api.auth import caller, roles
+from gateway.api.contract import SUBJECT_ID_PARAMETER, vocabulary
 from gateway.api.strict import (
     Blueprint,
     Scalar,
@@ -25,7 +27,7 @@ from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
 from gateway.errors import Forbidden, InvalidInput
 from gateway.policy.engine import HoldingKind, admit
-from gateway.policy.model import Registration
+from gateway.policy.model import Reason, Registration
 from gateway.store.clients import Role, client_purposes
 from gateway.store.db import write_transaction
 from gateway.store.models import Subject
@@ -38,15 +40,50 @@ NAME = validate.Length(min=1, max=64)
 
 
 class EventSchema(StrictSchema):
-    type = StrictString(required=True, validate=NAME)
-    item_id = StrictString(required=True, validate=validate.Length(min=1, max=256))
-    category = StrictString(required=True, validate=validate.Length(min=1, max=256))
-    at = UtcDateTime(required=True)
+    type = StrictString(
+        required=True,
+        validate=NAME,
+        metadata={
+            "description": "The event type; its data category follows from it",
+            "example": "view",
+        },
+    )
+    item_id = StrictString(
+        required=True,
+        validate=validate.Length(min=1, max=256),
+        metadata={"description": "The item the event is about", "example": "sku-2"},
+    )
+    category = StrictString(
+        required=True,
+        validate=validate.Length(min=1, max=256),
+        metadata={"description": "The item's product category", "example": "shoes"},
+    )
+    at = UtcDateTime(
+        required=True,
+        metadata={
+            "description": "When it happened; one older than its category's retention, or"
+            " more than 5 minutes ahead, is refused"
+        },
+    )
+
+
+DATABASE = {
+    "description": "The registered database to store into",
+    "policy_ids": "databases",
+    "example": "shop_events",
+}
 
 
 class EventsSchema(StrictSchema):
-    database = StrictString(required=True, validate=NAME)
-    events = fields.List(fields.Nested(EventSchema), required=True)
+    database = StrictString(required=True, validate=NAME, metadata=DATABASE)
+    events = fields.List(
+        fields.Nested(EventSchema),
+        required=True,
+        metadata={
+            "description": "The events (at most GATEWAY_MAX_EVENTS)",
+            "count_setting": "MAX_EVENTS",
+        },
+    )
 
     @validates("events")
     def _count(self, value: list[Any], **_: Any) -> None:
@@ -56,8 +93,18 @@ class EventsSchema(StrictSchema):
 
 
 class AttributesSchema(StrictSchema):
-    database = StrictString(required=True, validate=NAME)
-    attributes = fields.Dict(keys=StrictString(validate=NAME), values=Scalar(), required=True)
+    database = StrictString(required=True, validate=NAME, metadata={**DATABASE, "example": "crm"})
+    attributes = fields.Dict(
+        keys=StrictString(validate=NAME),
+        values=Scalar(),
+        required=True,
+        metadata={
+            "description": "Attribute values by name (names of 1 to 64 characters; at most"
+            " GATEWAY_MAX_ATTRIBUTES); a value replaces the one held",
+            "count_setting": "MAX_ATTRIBUTES",
+            "example": {"favorite_brand": "acme", "shoe_size": 42},
+        },
+    )
 
     @validates("attributes")
     def _count(self, value: dict[str, Any], **_: Any) -> None:
@@ -67,8 +114,20 @@ class AttributesSchema(StrictSchema):
 
 
 class CollectionResultSchema(StrictSchema):
-    accepted = fields.List(fields.Raw())
-    refused = fields.Dict(keys=fields.String(), values=fields.String())
+    accepted = fields.List(
+        fields.Raw(metadata={"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}),
+        required=True,
+        metadata={"description": "What was stored: event indexes, or attribute names"},
+    )
+    refused = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(validate=vocabulary(Reason)),
+        required=True,
+        metadata={
+            "description": "What was refused, by event index (as a string) or attribute name,"
+            " with the reason"
+        },
+    )
 
 
 def _registration(database_id: str, subject_id: str) -> Registration:
@@ -139,11 +198,11 @@ def _collect(
     return result
 
 
-@blp.route("/<string:subject_id>/events")
+@blp.route("/<string:subject_id>/events", parameters=[SUBJECT_ID_PARAMETER])
 class SubjectEvents(MethodView):
     @roles(Role.APP, Role.ADMIN)
-    @blp.arguments(EventsSchema)
-    @blp.response(200, CollectionResultSchema)
+    @blp.arguments(EventsSchema, example=examples.EVENTS)
+    @blp.response(200, CollectionResultSchema, example=examples.EVENTS_RESULT)
     def post(self, body: dict[str, Any], subject_id: str) -> dict[str, Any]:
         """Collect events; each is stored or refused with a reason."""
         database = _registration(body["database"], subject_id)
@@ -157,11 +216,11 @@ class SubjectEvents(MethodView):
         return _collect(subject_id, database, Action.EVENTS_COLLECT, result, write)
 
 
-@blp.route("/<string:subject_id>/attributes")
+@blp.route("/<string:subject_id>/attributes", parameters=[SUBJECT_ID_PARAMETER])
 class SubjectAttributes(MethodView):
     @roles(Role.APP, Role.ADMIN)
-    @blp.arguments(AttributesSchema)
-    @blp.response(200, CollectionResultSchema)
+    @blp.arguments(AttributesSchema, example=examples.ATTRIBUTES)
+    @blp.response(200, CollectionResultSchema, example=examples.ATTRIBUTES_RESULT)
     def patch(self, body: dict[str, Any], subject_id: str) -> dict[str, Any]:
         """Set attributes; each is stored or refused with a reason."""
         database = _registration(body["database"], subject_id)

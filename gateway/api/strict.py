@@ -52,16 +52,28 @@ class StrictString(fields.String):
         return text
 
 
+SUBJECT_ID_MAX = 256
+# No whitespace (what Python's \s matches, spelled out so that the JSON Schema regexes of the
+# OpenAPI document, which are ECMA-262's, mean the same), no '/', and no U+FFFD: bytes of a URL
+# that are not UTF-8 arrive as U+FFFD, and two different ids would share one pseudonym.
+WHITESPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+SUBJECT_ID_PATTERN = rf"^[^{WHITESPACE}/\ufffd]+$"
 SUBJECT_ID = [
-    validate.Length(min=1, max=256),
-    # Bytes of a URL that are not UTF-8 arrive as U+FFFD: two different ids would share one
-    # pseudonym, so an id never holds it.
+    validate.Length(min=1, max=SUBJECT_ID_MAX),
     validate.Regexp(
-        r"^[^\s/\ufffd]+$",
+        SUBJECT_ID_PATTERN,
         error="Must not contain whitespace, '/' or U+FFFD (bytes that were not UTF-8).",
     ),
 ]
-SubjectIdField = StrictString(required=True, validate=SUBJECT_ID)
+SubjectIdField = StrictString(
+    required=True,
+    validate=SUBJECT_ID,
+    metadata={
+        "description": "The subject's id in the calling app; the gateway keeps only a keyed"
+        " pseudonym of it",
+        "example": "alice",
+    },
+)
 
 
 def check_subject_id(subject_id: str) -> None:
@@ -91,6 +103,17 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class StrictInteger(fields.Integer):
+    """A JSON number without a fractional part (2 or 2.0, both integers to JSON Schema), never a
+    string or a boolean."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral:
+            raise ValidationError("Not a valid integer.")
+        return super()._deserialize(int(value), attr, data, **kwargs)
+
+
 class StrictFloat(fields.Float):
     """A finite JSON number (marshmallow's Float refuses NaN and infinities by default)."""
 
@@ -102,6 +125,19 @@ class StrictFloat(fields.Float):
 
 class Scalar(fields.Field):
     """A string (at most 512 characters), a number every JSON reader holds, or a boolean."""
+
+    # what the OpenAPI document says of it
+    SCHEMA: dict[str, Any] = {
+        "oneOf": [
+            {"type": "string", "maxLength": 512},
+            {"type": "number", "description": f"Finite; if an integer, within ±{MAX_EXACT_INT}"},
+            {"type": "boolean"},
+        ]
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["metadata"] = {**self.SCHEMA, **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, str) and len(value) <= 512:

@@ -10,8 +10,12 @@ from flask.views import MethodView
 from marshmallow import fields
 
 from gateway import keyring, policies
+from gateway.api import examples
+from gateway.api.audit import ExportedEntrySchema
 from gateway.api.auth import roles
-from gateway.api.strict import Blueprint, StrictBoolean, StrictSchema, check_subject_id
+from gateway.api.consents import ReceiptSchema
+from gateway.api.contract import INVALID_SUBJECT_ID, SUBJECT_ID_PARAMETER
+from gateway.api.strict import Blueprint, Scalar, StrictBoolean, StrictSchema, check_subject_id
 from gateway.audit import audit, audit_chained, chain_now, key_destroyed
 from gateway.audit.chain import Action, AuditRecord, entry_body
 from gateway.policy.engine import HoldingKind
@@ -32,26 +36,132 @@ from gateway.store.subjects import (
 blp = Blueprint("subjects", __name__, url_prefix="/v1/subjects", description="Subject requests")
 
 
+class ItemTermsSchema(StrictSchema):
+    """What an access export says of a held item beside its value."""
+
+    database = fields.String(required=True, metadata={"description": "The database holding it"})
+    data_category = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Its data category (null if the policy set no longer has it)"},
+    )
+    purposes = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "The purposes that may use it there"},
+    )
+    held_in = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Where its database is hosted (null if no longer registered)"},
+    )
+    kept_until = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Its time plus its category's retention: when a purge deletes it",
+            "format": "date-time",
+        },
+    )
+
+
+class ExportedAttributeSchema(ItemTermsSchema):
+    name = fields.String(required=True, metadata={"description": "The attribute's name"})
+    value = fields.Raw(
+        required=True,
+        metadata={**Scalar.SCHEMA, "description": "Its value, decrypted"},
+    )
+    updated_at = fields.String(
+        required=True,
+        metadata={"description": "When it was last set", "format": "date-time"},
+    )
+
+
+class ExportedEventSchema(ItemTermsSchema):
+    type = fields.String(required=True, metadata={"description": "The event type"})
+    item_id = fields.String(required=True, metadata={"description": "The item, decrypted"})
+    category = fields.String(
+        required=True, metadata={"description": "The item's product category, decrypted"}
+    )
+    at = fields.String(
+        required=True, metadata={"description": "When it happened", "format": "date-time"}
+    )
+    received_at = fields.String(
+        required=True, metadata={"description": "When it was collected", "format": "date-time"}
+    )
+
+
+class ExportedConsentSchema(StrictSchema):
+    purpose = fields.String(required=True, metadata={"description": "The purpose"})
+    granted = StrictBoolean(required=True, metadata={"description": "A grant, or a withdrawal"})
+    source = fields.String(required=True, metadata={"description": "Where the subject said so"})
+    notice_version = fields.String(
+        required=True, metadata={"description": "The notice the subject saw"}
+    )
+    recorded_at = fields.String(
+        required=True, metadata={"description": "When it was recorded", "format": "date-time"}
+    )
+    expires_at = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The expiry the caller gave, if any", "format": "date-time"},
+    )
+    client = fields.String(required=True, metadata={"description": "The client that recorded it"})
+    receipt = fields.Nested(
+        ReceiptSchema, required=True, metadata={"description": "The signed receipt"}
+    )
+
+
 class SubjectExportSchema(StrictSchema):
-    subject_id = fields.String()
-    pseudonym = fields.String()
-    exported_at = fields.AwareDateTime()
-    attributes = fields.List(fields.Dict())
-    events = fields.List(fields.Dict())
-    consents = fields.List(fields.Dict())
-    audit_entries = fields.List(fields.Dict())
+    subject_id = fields.String(required=True, metadata={"description": "The subject's id"})
+    pseudonym = fields.String(
+        required=True,
+        metadata={"description": "The keyed pseudonym that the database and the audit log use"},
+    )
+    exported_at = fields.AwareDateTime(required=True, metadata={"description": "When"})
+    attributes = fields.List(
+        fields.Nested(ExportedAttributeSchema),
+        required=True,
+        metadata={"description": "Every attribute held, by name"},
+    )
+    events = fields.List(
+        fields.Nested(ExportedEventSchema),
+        required=True,
+        metadata={"description": "Every event held, oldest first"},
+    )
+    consents = fields.List(
+        fields.Nested(ExportedConsentSchema),
+        required=True,
+        metadata={"description": "Every consent change, oldest first"},
+    )
+    audit_entries = fields.List(
+        fields.Nested(ExportedEntrySchema),
+        required=True,
+        metadata={"description": "Every audit entry about the subject, this export's included"},
+    )
+
+
+class DeletedSchema(StrictSchema):
+    attributes = fields.Integer(required=True, metadata={"description": "Attributes deleted"})
+    events = fields.Integer(required=True, metadata={"description": "Events deleted"})
+    consents = fields.Integer(required=True, metadata={"description": "Consent records deleted"})
 
 
 class ErasureSchema(StrictSchema):
-    subject_id = fields.String()
-    erased = StrictBoolean()
+    subject_id = fields.String(required=True, metadata={"description": "The subject's id"})
+    erased = StrictBoolean(
+        required=True, metadata={"description": "Always true: nothing is held any more"}
+    )
     key_destroyed = StrictBoolean(
+        required=True,
         metadata={
             "description": "The subject's data key was destroyed and an audit entry confirms it"
             " (false when no key was held)."
-        }
+        },
     )
-    deleted = fields.Dict(keys=fields.String(), values=fields.Integer())
+    deleted = fields.Nested(
+        DeletedSchema, required=True, metadata={"description": "Rows deleted per kind"}
+    )
 
 
 NOTHING_DELETED = {"attributes": 0, "events": 0, "consents": 0}
@@ -92,25 +202,33 @@ def _iso(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-@blp.route("/<string:subject_id>")
+@blp.route("/<string:subject_id>", parameters=[SUBJECT_ID_PARAMETER])
 class SubjectData(MethodView):
     @roles(Role.ADMIN)
-    @blp.response(200, ErasureSchema)
+    @blp.response(200, ErasureSchema, example=examples.ERASURE)
+    @blp.alt_response(**INVALID_SUBJECT_ID)
     def delete(self, subject_id: str) -> dict[str, Any]:
         """Erase a subject: data deleted, data key destroyed; audit entries stay pseudonymous."""
-        check_subject_id(subject_id)
-        now, pseudonym = datetime.now(UTC), keyring().pseudonym(subject_id)
-        with write_transaction():
-            deleted, doomed = _erase_ordering_destruction(pseudonym, now)
-        # Committed: only now may the key go. The erased rows' old pages leave the WAL first.
-        fold_wal(database)
-        finish_destructions(_confirm_destruction)
-        return {
-            "subject_id": subject_id,
-            "erased": True,
-            "key_destroyed": doomed and not destruction_pending(pseudonym),
-            "deleted": deleted,
-        }
+        return erase_subject(subject_id)
+
+
+def erase_subject(subject_id: str) -> dict[str, Any]:
+    """Erase a subject for the calling client (the API and the console alike): its data deleted
+    with the entry ordering its key destroyed, then, once committed, the key destroyed and
+    confirmed by a second entry."""
+    check_subject_id(subject_id)
+    now, pseudonym = datetime.now(UTC), keyring().pseudonym(subject_id)
+    with write_transaction():
+        deleted, doomed = _erase_ordering_destruction(pseudonym, now)
+    # Committed: only now may the key go. The erased rows' old pages leave the WAL first.
+    fold_wal(database)
+    finish_destructions(_confirm_destruction)
+    return {
+        "subject_id": subject_id,
+        "erased": True,
+        "key_destroyed": doomed and not destruction_pending(pseudonym),
+        "deleted": deleted,
+    }
 
 
 def _erase_ordering_destruction(pseudonym: str, now: datetime) -> tuple[dict[str, int], bool]:
@@ -134,36 +252,41 @@ def _confirm_destruction(order: KeyDestruction) -> None:
     audit(key_destroyed(order, g.client.name, policies().hash, g.request_id), datetime.now(UTC))
 
 
-@blp.route("/<string:subject_id>/export")
+@blp.route("/<string:subject_id>/export", parameters=[SUBJECT_ID_PARAMETER])
 class SubjectExport(MethodView):
     @roles(Role.AUDITOR, Role.ADMIN)
-    @blp.response(200, SubjectExportSchema)
+    @blp.response(200, SubjectExportSchema, example=examples.SUBJECT_EXPORT)
+    @blp.alt_response(**INVALID_SUBJECT_ID)
     def get(self, subject_id: str) -> dict[str, Any]:
         """Everything held about a subject (access request): data, consents, audit entries."""
-        check_subject_id(subject_id)
-        now, pseudonym = datetime.now(UTC), keyring().pseudonym(subject_id)
-        with write_transaction():
-            audit(_record(Action.SUBJECT_EXPORT, pseudonym, "exported"), now)
-        subject = find_subject(pseudonym)
-        attributes, events = everything(subject, keyring()) if subject else ([], [])
-        # per item, what it is and may be used for, where it is held and until when it is kept
-        active = policies()
-        for kind, items, name, at in (
-            (HoldingKind.ATTRIBUTE, attributes, "name", "updated_at"),
-            (HoldingKind.EVENT, events, "type", "at"),
-        ):
-            for item in items:
-                item.update(item_terms(active, kind, item[name], item["database"], item[at]))
-        chain_now(wait=True)  # this request's own entry among them
-        entries = (
-            AuditEntry.select().where(AuditEntry.subject == pseudonym).order_by(AuditEntry.seq)
-        )
-        return {
-            "subject_id": subject_id,
-            "pseudonym": pseudonym,
-            "exported_at": now,
-            "attributes": _iso(attributes),
-            "events": _iso(events),
-            "consents": _consents(pseudonym),
-            "audit_entries": [entry_body(e) for e in entries.iterator()],
-        }
+        return subject_export(subject_id)
+
+
+def subject_export(subject_id: str) -> dict[str, Any]:
+    """Everything held about a subject, audited as an access by the calling client (the API's
+    export and the console's subject page alike)."""
+    check_subject_id(subject_id)
+    now, pseudonym = datetime.now(UTC), keyring().pseudonym(subject_id)
+    with write_transaction():
+        audit(_record(Action.SUBJECT_EXPORT, pseudonym, "exported"), now)
+    subject = find_subject(pseudonym)
+    attributes, events = everything(subject, keyring()) if subject else ([], [])
+    # per item, what it is and may be used for, where it is held and until when it is kept
+    active = policies()
+    for kind, items, name, at in (
+        (HoldingKind.ATTRIBUTE, attributes, "name", "updated_at"),
+        (HoldingKind.EVENT, events, "type", "at"),
+    ):
+        for item in items:
+            item.update(item_terms(active, kind, item[name], item["database"], item[at]))
+    chain_now(wait=True)  # this request's own entry among them
+    entries = AuditEntry.select().where(AuditEntry.subject == pseudonym).order_by(AuditEntry.seq)
+    return {
+        "subject_id": subject_id,
+        "pseudonym": pseudonym,
+        "exported_at": now,
+        "attributes": _iso(attributes),
+        "events": _iso(events),
+        "consents": _consents(pseudonym),
+        "audit_entries": [entry_body(e) for e in entries.iterator()],
+    }

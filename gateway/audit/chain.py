@@ -71,6 +71,8 @@ class Action(StrEnum):
     PURGE = "purge"
     SUBJECT_EXPORT = "subject.export"
     SUBJECT_ERASE = "subject.erase"
+    CONSOLE_SIGN_IN = "console.sign_in"
+    CONSOLE_SIGN_OUT = "console.sign_out"
     # chained by the sequencer in place of a pending entry whose HMAC did not verify, or one
     # chained already (a copy): what was stored, kept as evidence; verification reports it
     AUDIT_REJECTED = "audit.rejected"

@@ -2,6 +2,7 @@
 
     page = find_entries(EntryFilter(purpose="recommendations", since=t0), after_seq=0, limit=100)
     page.entries, page.next_after      # pass next_after back for the following page
+    decisions_by_day(t0)               # [DayCount(day, purpose, outcome, count), ...]
 
 Pages run in seq order and a cursor is the last seq seen, so entries appended between two
 pages never shift, repeat or skip anything.
@@ -13,10 +14,10 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from peewee import fn
+from peewee import SQL, fn
 
 from gateway.audit.chain import Action, entry_body, row_body, timestamp
 from gateway.store.db import stream_rows
@@ -52,6 +53,16 @@ class EntryFilter:
         for clause in clauses[1:]:
             condition &= clause
         return condition
+
+
+@dataclass(frozen=True)
+class DayCount:
+    """How many decisions of one purpose had one outcome on one UTC day."""
+
+    day: date
+    purpose: str
+    outcome: str
+    count: int
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,23 @@ def summary(since: datetime | None, until: datetime | None) -> dict[str, Any]:
         "erasures": erasures,
         "actions": actions,
     }
+
+
+def decisions_by_day(since: datetime, until: datetime | None = None) -> list[DayCount]:
+    """Decision entries written in [since, until), counted per UTC day, purpose and outcome."""
+    # An entry's `at` is UTC text, so its first ten characters are its day. The positions are
+    # literals: PostgreSQL matches a GROUP BY expression to the select list's only when their
+    # parameters are the same text, and bound parameters are not.
+    day = fn.SUBSTR(AuditEntry.at, SQL("1"), SQL("10"))
+    window = EntryFilter(since=since, until=until, action=Action.DECISION.value).where()
+    grouped = (
+        AuditEntry.select(day, AuditEntry.purpose, AuditEntry.outcome, fn.COUNT(AuditEntry.seq))
+        .where(window)
+        .group_by(day, AuditEntry.purpose, AuditEntry.outcome)
+        .tuples()
+    )
+    rows: list[tuple[str, str, str, int]] = list(grouped)  # type: ignore[arg-type]
+    return [DayCount(date.fromisoformat(d), p, o, n) for d, p, o, n in rows]
 
 
 def _purges(window: Any) -> dict[str, Any]:
