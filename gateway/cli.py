@@ -21,11 +21,13 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, FlaskGroup, with_appcontext
 
+from gateway import policies
 from gateway.audit import audit
 from gateway.audit.chain import Action, AuditRecord
 from gateway.audit.clients import audit_client_change, revoke_audited
 from gateway.audit.commands import audit_group
 from gateway.crypto import Keyring
+from gateway.delivery import RecipientSecretError, ensure_secret_file, recipient_secrets
 from gateway.exits import GatewayCommand, GatewayCommands, exit_on_error
 from gateway.policy.documents import load_policy_set
 from gateway.policy.records import records_csv, records_of_processing
@@ -117,8 +119,6 @@ def _create_keyring(path: Path) -> None:
 
 def record_policy_load(app: Flask) -> None:
     """Audit the policy set in force whenever it differs from the one last recorded."""
-    from gateway import policies
-
     with database.connection_context():
         _record_policy_load(app, policies().hash)
 
@@ -175,10 +175,19 @@ def policy_check(policies_dir: str | None, registry_dir: str | None) -> None:
                 f"{registration.review_by} has passed; its data is refused until it is reviewed",
                 err=True,
             )
+    try:  # the documents are fine without them; `serve` and `scheduler` refuse to start
+        recipient_secrets(found, os.environ.get("GATEWAY_HOME", "instance"))
+    except RecipientSecretError as missing:
+        click.echo(f"warning: {registry_dir}: {missing}", err=True)
     click.echo(
         f"ok: {len(found.categories)} categories, {len(found.purposes)} purposes, "
-        f"{len(found.databases)} databases"
+        f"{len(found.databases)} databases, {len(found.recipients)} recipients"
     )
+    for recipient in found.recipients.values():
+        click.echo(
+            f"recipient {recipient.id}: {recipient.url} "
+            f"(purposes: {', '.join(recipient.purposes) or 'erasures only'})"
+        )
     click.echo(f"policy_hash: {found.hash}")
 
 
@@ -274,6 +283,7 @@ def serve_command(host: str, port: int, workers: int) -> None:
     from gateway.serve import ensure_metrics_folder, serve
 
     ensure_metrics_folder(workers)
+    recipient_secrets(policies(), current_app.config["HOME"])  # none may go unsigned
     initialize(current_app)
     record_policy_load(current_app)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -316,13 +326,14 @@ def scheduler_command() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    recipient_secrets(policies(), app.config["HOME"])  # none may go unsigned
     initialize(app)
     app.config["AUDIT_SEAL_AFTER_COMMIT"] = False  # the scheduler runs a sealer
     try:
         scheduler = build_scheduler(app)
     except ValueError as exc:
         raise click.ClickException(f"GATEWAY_PURGE_CRON: {exc}") from exc
-    click.echo(f"scheduler: purges on '{app.config['PURGE_CRON']}' (UTC)")
+    click.echo(f"scheduler: purges on '{app.config['PURGE_CRON']}' (UTC), delivers the outbox")
 
     def stop(signum: int, _frame: Any) -> None:
         raise SystemExit(0)
@@ -343,6 +354,10 @@ def demo_command(host: str, port: int) -> None:
     """Initialise, then load the demo clients and data once; print a working curl line."""
     from gateway.demo import load_demo
 
+    for recipient in policies().recipients.values():
+        if recipient.secret_env not in os.environ:  # the demo signs with a secret of its own
+            ensure_secret_file(current_app.config["HOME"], recipient.secret_env)
+    recipient_secrets(policies(), current_app.config["HOME"])
     initialize(current_app)
     record_policy_load(current_app)
     load_demo(current_app, host=host, port=port)
@@ -350,5 +365,7 @@ def demo_command(host: str, port: int) -> None:
 
 def init_app(app: Flask) -> None:
     commands = (init_command, serve_command, demo_command, purge_command, scheduler_command)
-    for command in (*commands, clients, policy, registry, audit_group):
+    from gateway.api.delivery_commands import deliveries_group
+
+    for command in (*commands, clients, policy, registry, audit_group, deliveries_group):
         app.cli.add_command(command)

@@ -49,6 +49,14 @@ DEFAULTS: dict[str, Any] = {
     "PURGE_BATCH_SECONDS": 0.008,  # ... and fewer if they take longer (it holds the write lock)
     "PURGE_LEASE_SECONDS": 120,
     "PURGE_MISFIRE_GRACE_SECONDS": 3600,
+    # the outbox: webhooks to the recipients of registry/recipients.yaml, sent by the scheduler
+    "DELIVERY_RETRIES": "5s,5m,30m,2h,5h,10h",  # the waits before each retry; then `failed`
+    "DELIVERY_KEEP": "P30D",  # how long a delivered or failed message stays listed
+    "DELIVERY_SECONDS": 1.0,  # how often the scheduler looks for due messages
+    "DELIVERY_TIMEOUT_SECONDS": 10.0,  # a recipient answering slower than this is retried
+    "DELIVERY_LEASE_SECONDS": 60.0,  # a claimed message waits this long for a dead sender
+    "DELIVERY_BATCH": 50,  # messages claimed per round
+    "RESYNC_BATCH": 500,  # subjects per transaction of a recipient's resync
     # The console (/console/): Flask signs its session cookies and Flask-WTF its CSRF tokens
     # with SECRET_KEY; None derives one from the keyring, the same in every worker and restart.
     "SECRET_KEY": None,

@@ -224,7 +224,7 @@ class Keyring:
             json.dump(data, handle)
 
     def pseudonym(self, subject_id: str) -> str:
-        """A stable, keyed pseudonym of a subject id; the raw id is never stored."""
+        """A stable, keyed pseudonym of a subject id; the raw id is never stored in clear."""
         digest = hmac.new(self.hmac_key, subject_id.encode("utf-8"), hashlib.sha256).hexdigest()
         return f"{SCHEME}:{self.key_id}:{digest}"
 
@@ -249,6 +249,23 @@ class Keyring:
         """An HMAC of a pending audit entry, under a key derived for that use alone."""
         key = hmac.new(self.hmac_key, b"audit-pending-entry", hashlib.sha256).digest()
         return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+    def seal_message(self, plaintext: str, context: str) -> str:
+        """Encrypt an outgoing message while it waits in the outbox, under a key derived from
+        the keyring for that use alone: no subject's data key, so an erasure leaves its own
+        pending messages readable until they are delivered and dropped."""
+        sealed = _seal(self.derived_secret("outbox"), plaintext.encode("utf-8"), context.encode())
+        return f"{SCHEME}:{self.key_id}:{_b64(sealed)}"
+
+    def open_message(self, token: str, context: str) -> str:
+        """Decrypt a token of `seal_message` made for the same `context`."""
+        scheme, key_id, sealed = _parse(token)
+        if scheme != SCHEME or key_id != self.key_id:
+            raise KeyringError(f"message sealed by unknown key {scheme}:{key_id}")
+        try:
+            return _open(self.derived_secret("outbox"), sealed, context.encode()).decode("utf-8")
+        except InvalidTag as exc:
+            raise KeyringError("message does not decrypt with this keyring") from exc
 
     def sign(self, payload: bytes) -> str:
         return _b64(self.signing_key.sign(payload))

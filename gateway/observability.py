@@ -1,6 +1,7 @@
 """Prometheus metrics and JSON request logs that carry no personal data.
 
-    GET /metrics        # requests, decisions by purpose and outcome, audit append latency, purges
+    GET /metrics        # requests, decisions by purpose and outcome, audit append latency, purges,
+                        # and the outbox: messages by recipient and status, queue depth, oldest
 
 Under several gunicorn workers /metrics adds up every worker's numbers (prometheus-client's
 multiprocess mode, in the folder PROMETHEUS_MULTIPROC_DIR that `gateway serve` sets up).
@@ -11,11 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
 
 import structlog
 from flask import Flask, Response, g, request
+from peewee import PeeweeException
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -24,6 +28,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.store.outbox import outbox_stats
 
 REQUESTS = Counter(
     "gateway_requests_total", "HTTP requests by route and status", ["method", "route", "status"]
@@ -84,12 +92,41 @@ def _finish(response: Response) -> Response:
     return response
 
 
+class OutboxCollector(Collector):
+    """The outbox as the database holds it at the scrape, whichever process delivers it."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            counts, depth, oldest = outbox_stats(datetime.now(UTC))
+        except PeeweeException:
+            log.warning("metrics: the outbox could not be read")
+            return
+        held = GaugeMetricFamily(
+            "gateway_deliveries",
+            "Messages held, by recipient and status",
+            labels=["recipient", "status"],
+        )
+        for (recipient, status), count in sorted(counts.items()):
+            held.add_metric([recipient, status], count)
+        yield held
+        yield GaugeMetricFamily(
+            "gateway_delivery_queue_depth", "Messages waiting to be delivered", value=depth
+        )
+        yield GaugeMetricFamily(
+            "gateway_delivery_oldest_pending_seconds",
+            "Age of the oldest message waiting to be delivered (0 when none waits)",
+            value=oldest or 0.0,
+        )
+
+
 def metrics_text() -> tuple[bytes, str]:
+    outbox = CollectorRegistry()
+    outbox.register(OutboxCollector())
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+        return generate_latest(registry) + generate_latest(outbox), CONTENT_TYPE_LATEST
+    return generate_latest() + generate_latest(outbox), CONTENT_TYPE_LATEST
 
 
 def init_app(app: Flask) -> None:

@@ -1,6 +1,7 @@
 """The purge scheduler: its own process, never inside the web workers.
 
     gateway scheduler          # runs purges on GATEWAY_PURGE_CRON (default daily 03:00 UTC)
+                               # and delivers the outbox every GATEWAY_DELIVERY_SECONDS
 
 Jobs coalesce (a backlog of missed runs becomes one), never overlap in this process, and run
 late within the misfire grace time. Across processes and hosts the purge's database lease keeps
@@ -20,6 +21,7 @@ from flask import Flask
 from peewee import PeeweeException
 
 from gateway.audit.sealer import Sealer
+from gateway.delivery import Courier
 from gateway.errors import GatewayError
 from gateway.retention import PurgeBusy, purge_now
 from gateway.store.db import database, unavailable
@@ -27,6 +29,7 @@ from gateway.store.db import database, unavailable
 log = logging.getLogger("gateway.scheduler")
 JOB_ID = "retention-purge"
 SEAL_JOB_ID = "audit-seal"
+DELIVERY_JOB_ID = "outbox-delivery"
 FIELDS = ("second", "minute", "hour", "day", "month", "day_of_week")
 
 
@@ -75,6 +78,13 @@ def build_scheduler(app: Flask) -> BlockingScheduler:
         trigger=IntervalTrigger(seconds=float(app.config["AUDIT_HEAD_SECONDS"])),
         id=SEAL_JOB_ID,
         name="audit head seal",
+        replace_existing=True,
+    )
+    scheduler.add_job(
+        Courier(app).tick,
+        trigger=IntervalTrigger(seconds=float(app.config["DELIVERY_SECONDS"])),
+        id=DELIVERY_JOB_ID,
+        name="outbox delivery",
         replace_existing=True,
     )
     scheduler.add_job(

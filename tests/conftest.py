@@ -32,6 +32,7 @@ from gateway.store.db import database
 from tests.stores import BACKEND, Settings, drop_store, new_store, prepare_server
 
 ROOT = Path(__file__).resolve().parent.parent
+DEMO_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def pytest_report_header() -> str:
@@ -51,6 +52,8 @@ def _no_gateway_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("GATEWAY_"):
             monkeypatch.delenv(name)
+    # the demo registry's recipient: its secret, as an operator would set it
+    monkeypatch.setenv("DEMO_MAIL_WEBHOOK_SECRET", DEMO_WEBHOOK_SECRET)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from gateway.errors import Unavailable
 from gateway.policy import documents as policy_documents
 from gateway.policy.engine import ConsentState
 from gateway.policy.model import LegalBasis, Outcome, Reason
+from gateway.policy.signals import Ignored, SignalResult
 from gateway.retention import PurgeBusy
 from gateway.store.clients import Role
 from tests.conftest import Caller
@@ -374,6 +375,7 @@ def test_only_an_audit_entrys_fields_are_an_open_map(spec: dict[str, Any]) -> No
         (documents.PurposeDocumentSchema, set(policy_documents.PurposeSchema().fields)),
         (documents.ScoringDocumentSchema, set(policy_documents.ScoringSchema().fields)),
         (documents.SegmentDocumentSchema, set(policy_documents.SegmentSchema().fields)),
+        (documents.TcfDocumentSchema, set(policy_documents.TcfSchema().fields)),
     ],
 )
 def test_a_response_schema_names_every_field_of_what_it_shows(shown: Any, source: set[str]) -> None:
@@ -400,6 +402,7 @@ def _enum(spec: dict[str, Any], schema: str, name: str) -> set[str]:
         ("Entry", "action", Action),
         ("PurgeRun", "status", purges.STATUSES),
         ("CategoryResult", "kind", purges.KINDS),
+        ("PurposeSignal", "result", SignalResult),
     ],
 )
 def test_closed_vocabularies_are_enums(
@@ -411,6 +414,10 @@ def test_closed_vocabularies_are_enums(
     else:
         values = _enum(spec, schema, name)
     assert values == {str(value) for value in vocabulary}
+
+
+def test_the_reason_a_tcf_string_was_ignored_is_an_enum_or_null(spec: dict[str, Any]) -> None:
+    assert _enum(spec, "PurposeSignal", "reason") == {*(str(r) for r in Ignored), None}
 
 
 def test_query_formats_and_filters_are_enums(spec: dict[str, Any]) -> None:

@@ -23,11 +23,18 @@ from typing import Any
 import pytest
 from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from flask import Flask
 
 from gateway import keyring
 from gateway.retention import LEASE
-from gateway.scheduler import JOB_ID, build_scheduler, cron_trigger, scheduled_purge
+from gateway.scheduler import (
+    DELIVERY_JOB_ID,
+    JOB_ID,
+    build_scheduler,
+    cron_trigger,
+    scheduled_purge,
+)
 from gateway.store.db import database, write_transaction
 from gateway.store.leases import acquire, holder_of, new_holder
 from gateway.store.models import AuditEntry, PurgeRun, Subject
@@ -156,7 +163,10 @@ def test_build_scheduler_registers_one_guarded_utc_job(
 
     assert scheduler.state == STATE_STOPPED
     assert scheduler.timezone == UTC
-    assert sorted(job.id for job in scheduler.get_jobs()) == ["audit-seal", JOB_ID]
+    assert sorted(job.id for job in scheduler.get_jobs()) == ["audit-seal", DELIVERY_JOB_ID, JOB_ID]
+    delivery = scheduler.get_job(DELIVERY_JOB_ID)
+    assert isinstance(delivery.trigger, IntervalTrigger)
+    assert delivery.trigger.interval == timedelta(seconds=1)
     job = scheduler.get_job(JOB_ID)
     assert job.id == JOB_ID == "retention-purge"
     # Until the scheduler starts, a job keeps only what was given to add_job; the scheduler

@@ -25,6 +25,7 @@ from schemathesis.checks import positive_data_acceptance
 from schemathesis.schemas import BaseSchema
 
 from gateway import create_app
+from gateway.tcf import TCStringError, decode_tc_string
 from tests.conftest import ROOT, Caller
 
 CONFIG = schemathesis.Config.from_dict(
@@ -147,7 +148,21 @@ def _cursor_not_issued(case: Case) -> bool:
     return "cursor" in (case.query or {})
 
 
+def _tc_string_not_decodable(case: Case) -> bool:
+    """A TC string's bits must make a TCF v2.2 or v2.3 string: a pattern says only which
+    characters it has."""
+    text = _body(case).get("tcf")
+    if not isinstance(text, str):
+        return False
+    try:
+        decode_tc_string(text, now=datetime.now(UTC))
+    except TCStringError:
+        return True
+    return False
+
+
 CONTEXT_RULES = (
+    _tc_string_not_decodable,
     _repeats_candidate_ids,
     _expiry_not_in_the_future,
     _window_not_ordered,

@@ -81,12 +81,14 @@ def init_app(app: Flask) -> None:
     from gateway.api import (
         audit,
         consents,
+        deliveries,
         docs,
         documents,
         health,
         personalize,
         profiles,
         purges,
+        recipients,
         subjects,
     )
 
@@ -96,6 +98,7 @@ def init_app(app: Flask) -> None:
     app.after_request(_after_request)
     api = GatewayApi(app, spec_kwargs={"extra_plugins": [ErrorResponses()]})
     describe_fields(api.ma_plugin, app)
-    for module in (personalize, consents, profiles, subjects, documents, audit, purges, health):
+    modules = (personalize, consents, profiles, subjects, documents, audit, purges, deliveries)
+    for module in (*modules, recipients, health):
         api.register_blueprint(module.blp)
     app.register_blueprint(docs.assets)

@@ -20,6 +20,13 @@ from gateway.api.contract import (
     problem,
     vocabulary,
 )
+from gateway.api.signals import (
+    BAD_TC_STRING,
+    ReceiptTcfSchema,
+    TcfAppliedSchema,
+    TcfSignalSchema,
+    apply_tc_string,
+)
 from gateway.api.strict import (
     Blueprint,
     StrictBoolean,
@@ -98,6 +105,13 @@ class ReceiptPayloadSchema(StrictSchema):
     )
     policy_hash = fields.String(required=True, metadata=POLICY_HASH)
     key_id = fields.String(required=True, metadata={"description": "The signing key's id"})
+    tcf = fields.Nested(
+        ReceiptTcfSchema,
+        metadata={
+            "description": "Only in a receipt of a record made from an IAB TCF string (source"
+            " `tcf`): what the string said of itself, and its SHA-256"
+        },
+    )
 
 
 class ReceiptSchema(StrictSchema):
@@ -240,6 +254,22 @@ class SubjectConsents(MethodView):
         ]
         return {"subject_id": subject_id, "purposes": states}
 
+    @roles(Role.APP, Role.ADMIN)
+    @blp.arguments(TcfSignalSchema, example=examples.TCF_SIGNAL)
+    @blp.response(200, TcfAppliedSchema, example=examples.TCF_APPLIED)
+    @blp.alt_response(**BAD_TC_STRING)
+    def put(self, signal: dict[str, Any], subject_id: str) -> dict[str, Any]:
+        """Apply an IAB TCF string to every mapped purpose the client may use."""
+        client = caller()
+        check_subject_id(subject_id)
+        return apply_tc_string(
+            signal["tcf"],
+            subject_id=subject_id,
+            client=client,
+            channel=signal.get("source"),
+            now=datetime.now(UTC),
+        )
+
 
 @blp.route(SUBJECT_PATH + "/<string:purpose>", parameters=[SUBJECT_ID_PARAMETER, PURPOSE_PARAMETER])
 class SubjectPurposeConsent(MethodView):
@@ -272,9 +302,10 @@ class SubjectPurposeConsent(MethodView):
             subject = ensure_subject(keyring(), pseudonym, now)
             record = record_consent(
                 subject,
+                subject_id=subject_id,
                 purpose=purpose,
                 client=client.name,
-                policy_hash=policies().hash,
+                policies=policies(),
                 keyring=keyring(),
                 now=now,
                 **change,

@@ -117,7 +117,8 @@ def path_parameter(
 
 SUBJECT_ID_PARAMETER = path_parameter(
     "subject_id",
-    "The subject's id in the calling app; the gateway keeps only a keyed pseudonym of it.",
+    "The subject's id in the calling app; the gateway files it under a keyed pseudonym and"
+    " holds the id itself only encrypted with the subject's own key.",
     {
         "type": "string",
         "minLength": 1,

@@ -111,6 +111,26 @@ class PurposeDocumentSchema(StrictSchema):
         allow_none=True,
         metadata={"description": "How rankings are scored"},
     )
+    tcf_purposes = fields.List(
+        fields.Integer(validate=validate.Range(min=1, max=11)),
+        metadata={
+            "description": "The IAB TCF purposes (1-11) a TC string must allow for this purpose",
+            "example": [5, 6],
+        },
+    )
+
+
+class TcfDocumentSchema(StrictSchema):
+    """The `tcf:` map of policies/: how TC strings are read."""
+
+    vendor_id = fields.Integer(
+        validate=validate.Range(min=1, max=65535),
+        metadata={
+            "description": "The gateway's vendor id on the Global Vendor List; absent: strings"
+            " are read through their Publisher TC segment, as the site's own publisher",
+            "example": 755,
+        },
+    )
 
 
 class PoliciesSchema(StrictSchema):
@@ -126,6 +146,10 @@ class PoliciesSchema(StrictSchema):
         values=fields.Nested(PurposeDocumentSchema),
         required=True,
         metadata={"description": "The purposes by id"},
+    )
+    tcf = fields.Nested(
+        TcfDocumentSchema,
+        metadata={"description": "How IAB TCF strings are read; absent where they are not"},
     )
 
 
@@ -171,6 +195,32 @@ class RegistryListSchema(StrictSchema):
     )
 
 
+class RecipientSchema(StrictSchema):
+    id = fields.String(required=True, metadata={"description": "The recipient's id"})
+    name = fields.String(required=True, metadata={"description": "Who it is"})
+    purposes = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "The purposes whose consent changes it is told of"},
+    )
+    url = fields.String(
+        required=True, metadata={"description": "Where its webhooks go", "format": "uri"}
+    )
+    secret_env = fields.String(
+        required=True,
+        metadata={"description": "The variable holding its signing secret (never the secret)"},
+    )
+
+
+class RecipientListSchema(StrictSchema):
+    policy_hash = fields.String(required=True, metadata=POLICY_HASH)
+    recipients = fields.List(
+        fields.Nested(RecipientSchema),
+        required=True,
+        metadata={"description": "Every recipient: told of its purposes' changes and erasures"},
+    )
+
+
 class RecordsArgs(StrictSchema):
     format = StrictString(
         load_default="json",
@@ -200,6 +250,16 @@ class RecordCategorySchema(StrictSchema):
     pii = StrictBoolean(required=True, metadata={"description": "Encrypted at rest"})
     sensitive = StrictBoolean(
         required=True, metadata={"description": "Used only under explicit consent"}
+    )
+
+
+class RecordRecipientSchema(StrictSchema):
+    id = fields.String(required=True, metadata={"description": "The recipient's id"})
+    name = fields.String(required=True, metadata={"description": "Who it is"})
+    purposes = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "The purposes it is told of (none: erasures only)"},
     )
 
 
@@ -233,6 +293,11 @@ class RecordSchema(StrictSchema):
         fields.Nested(RecordCategorySchema),
         required=True,
         metadata={"description": "The data categories it holds"},
+    )
+    recipients = fields.List(
+        fields.Nested(RecordRecipientSchema),
+        required=True,
+        metadata={"description": "Who its data is disclosed to (registry/recipients.yaml)"},
     )
 
 
@@ -269,7 +334,7 @@ class Policies(MethodView):
     @roles(Role.AUDITOR, Role.ADMIN)
     @blp.response(200, PoliciesSchema, example=examples.POLICIES)
     def get(self) -> dict[str, Any]:
-        """The active policy set (categories and purposes) and its content hash."""
+        """The active policy set (categories, purposes, the tcf map) and its content hash."""
         active = policies()
         return {"policy_hash": active.hash, **active.documents["policies"]}
 
@@ -283,6 +348,18 @@ class Databases(MethodView):
         now = datetime.now(UTC)
         found = policies().databases.values()
         return {"policy_hash": policies().hash, "databases": [_registration(r, now) for r in found]}
+
+
+@blp.route("/registry/recipients")
+class Recipients(MethodView):
+    @roles(Role.AUDITOR, Role.ADMIN)
+    @blp.response(200, RecipientListSchema, example=examples.RECIPIENTS)
+    def get(self) -> dict[str, Any]:
+        """Every recipient the data is disclosed to, told of consent changes and erasures."""
+        found = [
+            {**r.__dict__, "purposes": list(r.purposes)} for r in policies().recipients.values()
+        ]
+        return {"policy_hash": policies().hash, "recipients": found}
 
 
 @blp.route("/registry/databases/<string:database_id>", parameters=[DATABASE_PARAMETER])

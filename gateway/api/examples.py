@@ -70,6 +70,37 @@ SUBJECT_CONSENTS = {
     ],
 }
 CONSENT_CHANGE = {"granted": True, "source": "web_banner", "notice_version": "2026-01"}
+# A string of tests/fixtures/tcf/tcf-strings.json: vendor 755 has consent for purposes 1 and
+# 3-6, and the publisher disallows it purpose 3 (a restriction of type 0).
+TC_STRING = (
+    "CQt-4cAQuQzaRAfAHCENCWFgALwAAEIAAAYgF6QAYF5gXoBekAGBeYF6ABhgAIC8x0AGBeYF6CwAIC9A"
+    ".IF6QAYF5gXoA.YAAAAAAAAAAA"
+)
+TCF_SIGNAL = {"tcf": TC_STRING, "source": "web_cmp"}
+TCF_APPLIED = {
+    "subject_id": "alice",
+    "tcf": {
+        "sha256": "aa27b98ccccf50adcd698c90e8e818f3e031ae3aad36dc752879218c2d46dd53",
+        "cmp_id": 31,
+        "vendor_list_version": 150,
+        "policy_version": 5,
+        "last_updated": "2026-11-25T10:30:00.100000+00:00",
+    },
+    "purposes": [
+        {
+            "purpose": "recommendations",
+            "result": "granted",
+            "reason": None,
+            "receipt_id": "0b6f6a55-3f43-4c1e-9d2a-7d54b8e0c2f1",
+        },
+        {
+            "purpose": "ads_personalization",
+            "result": "withdrawn",
+            "reason": None,
+            "receipt_id": "c3d1e0a4-58a2-4f0b-8f5e-61c2a9d7b3e4",
+        },
+    ],
+}
 
 
 PERSONALIZE = {
@@ -285,6 +316,7 @@ POLICIES = {
             "honor_gpc": False,
             "consent_max_age": "P13M",
             "fallback": "popular",
+            "tcf_purposes": [5, 6],
             "scoring": {
                 "half_life": "P14D",
                 "event_weights": {"purchase": 3, "add_to_cart": 2, "click": 1, "view": 0.5},
@@ -300,6 +332,7 @@ POLICIES = {
             },
         }
     },
+    "tcf": {"vendor_id": 755},
 }
 RECORDS = {
     "policy_hash": POLICY_HASH_EXAMPLE,
@@ -326,6 +359,13 @@ RECORDS = {
                 {"id": "contact", "retention": "P1095D", "pii": True, "sensitive": False},
                 {"id": "preferences", "retention": "P730D", "pii": False, "sensitive": False},
             ],
+            "recipients": [
+                {
+                    "id": "mail_service",
+                    "name": "Newsletter mail service (local relay)",
+                    "purposes": ["email_marketing"],
+                }
+            ],
         }
     ],
 }
@@ -335,7 +375,7 @@ RECORDS_CSV = (
     "2027-12-31,true,email_marketing; recommendations,legitimate_interest; consent,"
     "Product suggestions in newsletters to existing customers; Product recommendations in the"
     " web shop and the app,contact; preferences; purchase_history,P1095D; P730D; P365D,"
-    "contact,\n"
+    "contact,,Newsletter mail service (local relay)\n"
 )
 REGISTRY = {"policy_hash": POLICY_HASH_EXAMPLE, "databases": [CRM_REGISTRATION]}
 SIGNING_KEY = {
@@ -368,3 +408,34 @@ PURGE_RUN = {
     ],
 }
 PURGE_LIST = {"runs": [PURGE_RUN]}
+
+
+DELIVERY = {
+    "id": "msg_2f1c0e8a9b7d4c3e8f6a5b4c3d2e1f00",
+    "recipient": "mail_service",
+    "type": "consent.changed",
+    "subject": PSEUDONYM,
+    "status": "failed",
+    "attempts": 7,
+    "created_at": "2026-12-03T09:12:44.120331+00:00",
+    "next_attempt_at": None,
+    "last_error": "HTTP 503",
+    "finished_at": "2026-12-04T03:48:12.004117+00:00",
+}
+DELIVERIES = {"deliveries": [DELIVERY]}
+DELIVERY_RETRIED = {
+    **DELIVERY,
+    "status": "pending",
+    "attempts": 0,
+    "next_attempt_at": "2026-12-04T08:00:00.000000+00:00",
+    "finished_at": None,
+}
+RECIPIENT = {
+    "id": "mail_service",
+    "name": "Newsletter mail service (local relay)",
+    "purposes": ["email_marketing"],
+    "url": "http://127.0.0.1:8025/webhooks/consent",
+    "secret_env": "DEMO_MAIL_WEBHOOK_SECRET",
+}
+RECIPIENTS = {"policy_hash": POLICY_HASH_EXAMPLE, "recipients": [RECIPIENT]}
+RESYNC = {"recipient": "mail_service", "subjects": 1200, "messages": 1130, "skipped": 3}

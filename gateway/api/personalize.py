@@ -14,6 +14,7 @@ from gateway import keyring, policies, scoring
 from gateway.api import examples
 from gateway.api.auth import caller, roles
 from gateway.api.contract import POLICY_HASH, problem, vocabulary
+from gateway.api.signals import BAD_TC_STRING, PurposeSignalSchema, apply_tc_string, tc_string_field
 from gateway.api.strict import (
     Blueprint,
     Scalar,
@@ -106,6 +107,7 @@ class PersonalizeSchema(StrictSchema):
         validate=validate.Range(min=1, max=1000),
         metadata={"description": "How many items to return at most (default: all)"},
     )
+    tcf = tc_string_field()
 
     @validates("purpose")
     def _known_purpose(self, value: str, **_: Any) -> None:
@@ -206,6 +208,13 @@ class DecisionSchema(StrictSchema):
         metadata={"description": "The data held but not used, and why"},
     )
     policy_hash = fields.String(required=True, metadata=POLICY_HASH)
+    tcf = fields.List(
+        fields.Nested(PurposeSignalSchema),
+        metadata={
+            "description": "With a tcf string: what it did to each mapped purpose the client may"
+            " use, applied before deciding"
+        },
+    )
 
 
 GPC = {
@@ -272,7 +281,13 @@ def _audit_record(decision: Decision, decision_id: str, pseudonym: str) -> Audit
     )
 
 
-def _response(decision: Decision, decision_id: str, ranking: scoring.Ranking, explain: bool):
+def _response(
+    decision: Decision,
+    decision_id: str,
+    ranking: scoring.Ranking,
+    explain: bool,
+    applied: dict[str, Any] | None,
+) -> dict[str, Any]:
     items: list[dict[str, Any]] = [{"id": i.id, "score": i.score} for i in ranking.items]
     if explain:
         for item, scored in zip(items, ranking.items, strict=True):
@@ -292,6 +307,8 @@ def _response(decision: Decision, decision_id: str, ranking: scoring.Ranking, ex
     }
     if explain:
         body["excluded"] = list(ranking.excluded)
+    if applied is not None:
+        body["tcf"] = applied["purposes"]
     return body
 
 
@@ -301,6 +318,7 @@ class Personalize(MethodView):
     @blp.arguments(ExplainArgs, location="query", as_kwargs=True, unknown=RAISE)
     @blp.arguments(PersonalizeSchema, example=examples.PERSONALIZE)
     @blp.response(200, DecisionSchema, example=examples.DECISION)
+    @blp.alt_response(**BAD_TC_STRING)
     @blp.alt_response(
         **problem(
             409,
@@ -311,7 +329,16 @@ class Personalize(MethodView):
     def post(self, body: dict[str, Any], explain: bool) -> dict[str, Any]:
         """Rank candidates for a subject, personalized only where policy and consent allow."""
         purpose = body["purpose"]
-        caller(purpose)
+        client = caller(purpose)
+        applied = None
+        if "tcf" in body:  # applied first, so the decision sees what the string changed
+            applied = apply_tc_string(
+                body["tcf"],
+                subject_id=body["subject_id"],
+                client=client,
+                channel=None,
+                now=datetime.now(UTC),
+            )
         pseudonym = keyring().pseudonym(body["subject_id"])
         gpc = request.headers.get("Sec-GPC", "").strip() == "1"
         for _ in range(DECIDE_ATTEMPTS):
@@ -341,7 +368,7 @@ class Personalize(MethodView):
                     continue
                 audit(_audit_record(decision, decision_id, pseudonym), now)
             DECISIONS.labels(decision.purpose, decision.outcome.value).inc()
-            return _response(decision, decision_id, ranking, explain)
+            return _response(decision, decision_id, ranking, explain, applied)
         raise Conflict(
             "The subject's consent kept changing while the decision was made; try again.",
             code="consent_changing",

@@ -69,8 +69,8 @@ SubjectIdField = StrictString(
     required=True,
     validate=SUBJECT_ID,
     metadata={
-        "description": "The subject's id in the calling app; the gateway keeps only a keyed"
-        " pseudonym of it",
+        "description": "The subject's id in the calling app; the gateway files it under a keyed"
+        " pseudonym and holds the id itself only encrypted with the subject's own key",
         "example": "alice",
     },
 )

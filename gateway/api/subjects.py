@@ -24,6 +24,7 @@ from gateway.store.clients import Role
 from gateway.store.consents import consent_records, receipt
 from gateway.store.db import database, fold_wal, lock_subject, write_transaction
 from gateway.store.models import AuditEntry, KeyDestruction
+from gateway.store.outbox import MessageType, cancel_scheduled, enqueue
 from gateway.store.profiles import erase, everything
 from gateway.store.subjects import (
     destruction_pending,
@@ -220,6 +221,7 @@ def erase_subject(subject_id: str) -> dict[str, Any]:
     now, pseudonym = datetime.now(UTC), keyring().pseudonym(subject_id)
     with write_transaction():
         deleted, doomed = _erase_ordering_destruction(pseudonym, now)
+        _tell_recipients(subject_id, pseudonym, now)
     # Committed: only now may the key go. The erased rows' old pages leave the WAL first.
     fold_wal(database)
     finish_destructions(_confirm_destruction)
@@ -245,6 +247,20 @@ def _erase_ordering_destruction(pseudonym: str, now: datetime) -> tuple[dict[str
     if fingerprint is not None:
         order_destruction(pseudonym, fingerprint, entry["seq"], now)
     return deleted, doomed
+
+
+def _tell_recipients(subject_id: str, pseudonym: str, now: datetime) -> None:
+    """Queue `subject.erased` for every recipient, in the erasure's transaction, in place of
+    the subject's expiry notices still waiting for their time."""
+    cancel_scheduled(pseudonym, now)
+    enqueue(
+        policies().recipients.values(),
+        message_type=MessageType.SUBJECT_ERASED,
+        pseudonym=pseudonym,
+        data={"subject_id": subject_id, "erased_at": now.isoformat()},
+        keyring=keyring(),
+        now=now,
+    )
 
 
 def _confirm_destruction(order: KeyDestruction) -> None:

@@ -73,6 +73,10 @@ class Action(StrEnum):
     SUBJECT_ERASE = "subject.erase"
     CONSOLE_SIGN_IN = "console.sign_in"
     CONSOLE_SIGN_OUT = "console.sign_out"
+    DELIVERY_DELIVERED = "delivery.delivered"
+    DELIVERY_FAILED = "delivery.failed"
+    DELIVERY_RETRY = "delivery.retry"
+    RECIPIENT_RESYNC = "recipient.resync"
     # chained by the sequencer in place of a pending entry whose HMAC did not verify, or one
     # chained already (a copy): what was stored, kept as evidence; verification reports it
     AUDIT_REJECTED = "audit.rejected"

@@ -30,7 +30,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.wrappers import Response
 
 from gateway.api.problems import reported
-from gateway.console import access, audit, documents, operations, overview, subjects
+from gateway.console import access, audit, deliveries, documents, operations, overview, subjects
 from gateway.console.sessions import (
     CONSOLE_PATH,
     ConsoleSessionInterface,
@@ -46,7 +46,7 @@ console = Blueprint(
     template_folder="templates",
     static_folder="static",
 )
-for page in (access, overview, audit, subjects, documents, operations):
+for page in (access, overview, audit, subjects, documents, operations, deliveries):
     console.register_blueprint(page.bp)
 
 # Reachable without a signed-in client.

@@ -10,14 +10,16 @@ file and the key::
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Iterable
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import isodate
 import yaml
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
 from gateway.crypto import canonical_json
 from gateway.errors import EXIT_FAILURE, ConfigurationError
@@ -27,10 +29,17 @@ from gateway.policy.model import (
     LegalBasis,
     PolicySet,
     Purpose,
+    Recipient,
     Registration,
     ScoringRules,
     Segment,
+    TcfSettings,
 )
+
+# IAB TCF v2.2 purposes are numbered 1 to 11; of them 3 to 6 (profiles for ads and content)
+# allow only consent, no legitimate interest.
+TCF_PURPOSES = 11
+TCF_CONSENT_ONLY = frozenset({3, 4, 5, 6})
 
 IDENTIFIER = validate.Regexp(r"^[a-z][a-z0-9_]{0,63}$", error="Must be a lower-case identifier.")
 
@@ -132,6 +141,19 @@ class PurposeSchema(StrictSchema):
     consent_history_retention = DurationField(load_default=None)
     fallback = fields.Enum(Fallback, by_value=True, load_default=Fallback.POPULAR)
     scoring = fields.Nested(ScoringSchema, load_default=None)
+    tcf_purposes = fields.List(
+        fields.Integer(strict=True, validate=validate.Range(min=1, max=TCF_PURPOSES)),
+        load_default=list,
+    )
+
+    @validates("tcf_purposes")
+    def _distinct(self, value: list[int], **_: Any) -> None:
+        if len(set(value)) != len(value):
+            raise ValidationError("A TCF purpose is listed twice.")
+
+
+class TcfSchema(StrictSchema):
+    vendor_id = fields.Integer(strict=True, validate=validate.Range(min=1, max=65535))
 
 
 class DatabaseSchema(StrictSchema):
@@ -146,6 +168,36 @@ class DatabaseSchema(StrictSchema):
     review_by = DateField(required=True)
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _webhook_url(value: str) -> None:
+    """https anywhere; plain http only to this machine (a local relay or a test receiver)."""
+    parts = urlsplit(value)
+    if not parts.hostname or parts.scheme not in ("https", "http"):
+        raise ValidationError("Must be an https URL (or http on loopback).")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ValidationError("Must be https: plain http is allowed on loopback only.")
+
+
+class RecipientSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1))
+    purposes = _names(load_default=list)
+    url = fields.String(required=True, validate=_webhook_url)
+    secret_env = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", error="Must be an environment variable name."
+        ),
+    )
+
+
 def _section(schema: type[Schema]) -> fields.Dict:
     return fields.Dict(keys=fields.String(validate=IDENTIFIER), values=fields.Nested(schema))
 
@@ -153,10 +205,12 @@ def _section(schema: type[Schema]) -> fields.Dict:
 class PoliciesFileSchema(StrictSchema):
     categories = _section(CategorySchema)
     purposes = _section(PurposeSchema)
+    tcf = fields.Nested(TcfSchema)
 
 
 class RegistryFileSchema(StrictSchema):
     databases = _section(DatabaseSchema)
+    recipients = _section(RecipientSchema)
 
 
 def _flatten(messages: Any, prefix: str = "") -> Iterable[tuple[str, str]]:
@@ -205,6 +259,10 @@ def _read_folder(
             problems.extend(f"{path}: {key}: {msg}" for key, msg in _flatten(exc.messages))
             continue
         for section, entries in loaded.items():
+            # a map with no entries still says something (`tcf: {}` reads as the publisher)
+            merged.setdefault(section, {})
+            raw.setdefault(section, {})
+            origin.setdefault(section, str(path))
             for entry_id, entry in entries.items():
                 where = f"{section}.{entry_id}"
                 if where in origin:
@@ -225,7 +283,22 @@ def _build_purpose(purpose_id: str, spec: dict[str, Any]) -> Purpose:
         segments=tuple(Segment(**s) for s in scoring.get("segments", [])),
     )
     spec["categories"] = tuple(spec["categories"])
+    spec["tcf_purposes"] = tuple(spec["tcf_purposes"])
     return Purpose(id=purpose_id, scoring=rules, **spec)
+
+
+def _check_recipients(
+    recipients: dict[str, Recipient], purposes: dict[str, Purpose], origin: dict[str, str]
+) -> list[str]:
+    problems = []
+    for recipient in recipients.values():
+        where = f"{origin[f'recipients.{recipient.id}']}: recipients.{recipient.id}"
+        problems += [
+            f"{where}.purposes: unknown purpose '{p}'"
+            for p in recipient.purposes
+            if p not in purposes
+        ]
+    return problems
 
 
 def _check_references(
@@ -274,6 +347,29 @@ def _check_references(
     return problems
 
 
+def _check_tcf(
+    purposes: dict[str, Purpose], tcf: TcfSettings | None, origin: dict[str, str]
+) -> list[str]:
+    """TCF mappings need a `tcf:` map; legitimate interest may not rest on TCF purposes 3-6,
+    and a contract needs no consent signal at all."""
+    problems = []
+    for purpose in purposes.values():
+        if not purpose.tcf_purposes:
+            continue
+        where = f"{origin[f'purposes.{purpose.id}']}: purposes.{purpose.id}.tcf_purposes"
+        if tcf is None:
+            problems.append(f"{where}: needs a top-level 'tcf:' map in the policy documents")
+        if purpose.legal_basis is LegalBasis.CONTRACT:
+            problems.append(f"{where}: a contract purpose takes no consent signal")
+        if purpose.legal_basis is LegalBasis.LEGITIMATE_INTEREST:
+            problems += [
+                f"{where}: TCF purpose {p} allows only consent, not legitimate interest"
+                for p in purpose.tcf_purposes
+                if p in TCF_CONSENT_ONLY
+            ]
+    return problems
+
+
 def load_policy_set(policies_dir: str | Path, registry_dir: str | Path) -> PolicySet:
     """Read, validate and cross-check both folders; raise PolicyError naming every problem."""
     problems: list[str] = []
@@ -309,9 +405,18 @@ def load_policy_set(policies_dir: str | Path, registry_dir: str | Path) -> Polic
         )
         for did, spec in registry["databases"].items()
     }
+    tcf = TcfSettings(**policies["tcf"]) if "tcf" in policies else None
+    recipients = {
+        rid: Recipient(id=rid, **{**spec, "purposes": tuple(spec["purposes"])})
+        for rid, spec in registry.get("recipients", {}).items()
+    }
     problems = _check_references(categories, purposes, databases, origin)
+    problems += _check_tcf(purposes, tcf, origin)
+    problems += _check_recipients(recipients, purposes, origin)
     if problems:
         raise PolicyError(problems)
     documents = {"policies": policies_raw, "registry": registry_raw}
     digest = hashlib.sha256(canonical_json(documents)).hexdigest()
-    return PolicySet(categories, purposes, databases, f"sha256:{digest}", documents)
+    return PolicySet(
+        categories, purposes, databases, f"sha256:{digest}", documents, tcf, recipients
+    )

@@ -106,6 +106,8 @@ class Purpose:
     consent_history_retention: Duration | None = None
     fallback: Fallback = Fallback.POPULAR
     scoring: ScoringRules = field(default_factory=ScoringRules)
+    # the IAB TCF purposes (ids 1-11) a TC string must allow for this purpose
+    tcf_purposes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,12 +131,34 @@ class Registration:
 
 
 @dataclass(frozen=True)
+class TcfSettings:
+    """How TC strings are read: as vendor `vendor_id`, or (None) as the site's own publisher
+    through the Publisher TC segment."""
+
+    vendor_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who personal data is disclosed to, told of each consent change of its purposes and of
+    each erasure by a signed webhook; `secret_env` names the variable holding its secret."""
+
+    id: str
+    name: str
+    purposes: tuple[str, ...]
+    url: str
+    secret_env: str
+
+
+@dataclass(frozen=True)
 class PolicySet:
     categories: dict[str, Category]
     purposes: dict[str, Purpose]
     databases: dict[str, Registration]
     hash: str
     documents: dict[str, Any] = field(default_factory=dict, compare=False)
+    tcf: TcfSettings | None = None
+    recipients: dict[str, Recipient] = field(default_factory=dict)
 
     def category_of_attribute(self, name: str) -> Category | None:
         return next((c for c in self.categories.values() if name in c.attributes), None)

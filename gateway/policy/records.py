@@ -1,7 +1,8 @@
 """Records of processing (GDPR Art. 30): what a registrar asks of each registered database, drawn
 from the registry and the policy set alone.
 
-    records = records_of_processing(policies, now)     # one record per registered database
+    records = records_of_processing(policies, now)     # one record per registered database,
+                                                         # with the recipients of its data
     text = records_csv(records)                          # the same, a row per database
     item_terms(policies, HoldingKind.EVENT, "view", "shop_events", at)   # one held item's terms
 """
@@ -17,7 +18,7 @@ from typing import Any
 import isodate
 
 from gateway.policy.engine import HoldingKind
-from gateway.policy.model import PolicySet
+from gateway.policy.model import PolicySet, Recipient, Registration
 
 # The columns of the CSV form, in order; lists are joined with "; ".
 CSV_COLUMNS = [
@@ -37,7 +38,18 @@ CSV_COLUMNS = [
     "retention",
     "pii_categories",
     "sensitive_categories",
+    "recipients",
 ]
+
+
+def recipients_of(policies: PolicySet, registration: Registration) -> list[Recipient]:
+    """Who the database's data is disclosed to (Art. 30(1)(d)): the recipients told of a purpose
+    it is registered for, and those told of erasures only, which learn every subject's id."""
+    return [
+        r
+        for r in sorted(policies.recipients.values(), key=lambda r: r.id)
+        if not r.purposes or set(r.purposes) & set(registration.purposes)
+    ]
 
 
 def records_of_processing(policies: PolicySet, now: datetime) -> list[dict[str, Any]]:
@@ -77,6 +89,10 @@ def records_of_processing(policies: PolicySet, now: datetime) -> list[dict[str, 
                     }
                     for c in categories
                 ],
+                "recipients": [
+                    {"id": r.id, "name": r.name, "purposes": sorted(r.purposes)}
+                    for r in recipients_of(policies, registration)
+                ],
             }
         )
     return records
@@ -107,6 +123,7 @@ def records_csv(records: list[dict[str, Any]]) -> str:
                 "retention": _joined([c["retention"] for c in categories]),
                 "pii_categories": _joined([c["id"] for c in categories if c["pii"]]),
                 "sensitive_categories": _joined([c["id"] for c in categories if c["sensitive"]]),
+                "recipients": _joined([r["name"] for r in record["recipients"]]),
             }
         )
     return buffer.getvalue()

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.crypto import SIGNATURE_ALGORITHM, Keyring, canonical_json
-from gateway.policy.engine import ConsentEvent
+from gateway.policy.engine import ConsentEvent, ConsentState, grant_expiry
+from gateway.policy.model import PolicySet
+from gateway.policy.signals import Choice
 from gateway.store.models import ConsentRecord, Subject
+from gateway.store.outbox import MessageType, cancel_scheduled, consent_recipients, enqueue
 from gateway.store.statements import Statement
+from gateway.store.subjects import seal_subject_id
 
 # The order of a history: by time, then as recorded.
 _OLDEST_FIRST = (ConsentRecord.recorded_at, ConsentRecord._meta.primary_key)
@@ -46,12 +51,67 @@ def consent_receipts(pseudonym: str) -> list[str]:
     return [str(row[0]) for row in _RECEIPTS.execute(pseudonym)]
 
 
+@dataclass(frozen=True)
+class TcfSignal:
+    """What a consent record made from a TC string keeps of it: never the string itself."""
+
+    cmp_id: int
+    vendor_list_version: int
+    policy_version: int
+    last_updated: datetime
+    sha256: str
+
+
 def as_events(records: list[ConsentRecord]) -> list[ConsentEvent]:
     return [ConsentEvent(r.purpose, r.granted, r.recorded_at, r.expires_at) for r in records]
 
 
+def as_choices(records: list[ConsentRecord]) -> list[Choice]:
+    """The records as choices: a TCF record was chosen at its string's LastUpdated."""
+    return [
+        Choice(event, r.tcf_last_updated or r.recorded_at, r.tcf_sha256)
+        for r, event in zip(records, as_events(records), strict=True)
+    ]
+
+
+def tcf_signal(record: ConsentRecord) -> TcfSignal | None:
+    """The TC string a record was made from, as kept; None for records of other sources."""
+    kept = (
+        record.tcf_cmp_id,
+        record.tcf_vendor_list_version,
+        record.tcf_policy_version,
+        record.tcf_last_updated,
+        record.tcf_sha256,
+    )
+    cmp_id, vendor_list_version, policy_version, last_updated, sha256 = kept
+    if cmp_id is None or vendor_list_version is None or policy_version is None:
+        return None
+    if last_updated is None or sha256 is None:
+        return None
+    return TcfSignal(cmp_id, vendor_list_version, policy_version, last_updated, sha256)
+
+
+def _tcf_payload(signal: TcfSignal) -> dict[str, Any]:
+    return {
+        "cmp_id": signal.cmp_id,
+        "vendor_list_version": signal.vendor_list_version,
+        "policy_version": signal.policy_version,
+        "last_updated": signal.last_updated.astimezone(UTC).isoformat(),
+        "sha256": signal.sha256,
+    }
+
+
 def receipt_payload(record: ConsentRecord, pseudonym: str) -> dict[str, Any]:
-    """What a receipt signs: the record, its subject's pseudonym, the policy set in force."""
+    """What a receipt signs: the record, its subject's pseudonym, the policy set in force, and
+    for a record made from a TC string what it says of itself (other receipts have no `tcf`)."""
+    payload = _plain_payload(record, pseudonym)
+    signal = tcf_signal(record)
+    if signal is not None:
+        payload["tcf"] = _tcf_payload(signal)
+    return payload
+
+
+def _plain_payload(record: ConsentRecord, pseudonym: str) -> dict[str, Any]:
     return {
         "receipt_id": record.receipt_id,
         "subject": pseudonym,
@@ -75,17 +135,22 @@ def receipt(record: ConsentRecord) -> dict[str, Any]:
 def record_consent(
     subject: Subject,
     *,
+    subject_id: str,
     purpose: str,
     granted: bool,
     source: str,
     notice_version: str,
     expires_at: datetime | None,
     client: str,
-    policy_hash: str,
+    policies: PolicySet,
     keyring: Keyring,
     now: datetime,
+    tcf: TcfSignal | None = None,
 ) -> ConsentRecord:
-    """Append one consent change and sign its receipt (call inside a write transaction)."""
+    """Append one consent change, sign its receipt and queue a `consent.changed` message for
+    each recipient of the purpose, with the notice of a grant's expiry due when it lapses (call
+    inside a write transaction: all of it commits together, or none of it). `tcf` is the TC
+    string the change was read from, if it was."""
     record = ConsentRecord(
         subject=subject,
         receipt_id=str(uuid.uuid4()),
@@ -97,10 +162,66 @@ def record_consent(
         # Stored and read back as UTC: sign that form, or stored receipts would not verify.
         expires_at=expires_at.astimezone(UTC) if expires_at else None,
         client=client,
-        policy_hash=policy_hash,
+        policy_hash=policies.hash,
         key_id=keyring.key_id,
     )
+    if tcf is not None:
+        record.tcf_cmp_id = tcf.cmp_id
+        record.tcf_vendor_list_version = tcf.vendor_list_version
+        record.tcf_policy_version = tcf.policy_version
+        # stored and read back as UTC, like expires_at
+        record.tcf_last_updated = tcf.last_updated.astimezone(UTC)
+        record.tcf_sha256 = tcf.sha256
     payload = receipt_payload(record, subject.pseudonym)
     record.signature = keyring.sign(canonical_json(payload))
     record.save(force_insert=True)
+    seal_subject_id(subject, subject_id, keyring)
+    _tell_recipients(subject_id, subject.pseudonym, record, policies, keyring, now)
     return record
+
+
+def _tell_recipients(
+    subject_id: str,
+    pseudonym: str,
+    record: ConsentRecord,
+    policies: PolicySet,
+    keyring: Keyring,
+    now: datetime,
+) -> None:
+    """Queue the change for the purpose's recipients in place of any expiry notice of the
+    purpose still waiting, and a grant's own expiry notice, due when it lapses."""
+    recipients = consent_recipients(policies.recipients.values(), record.purpose)
+    if not recipients:
+        return
+    cancel_scheduled(pseudonym, now, record.purpose)
+    data = consent_changed(subject_id, record)
+    changed = MessageType.CONSENT_CHANGED
+    enqueue(
+        recipients, message_type=changed, pseudonym=pseudonym, data=data, keyring=keyring, now=now
+    )
+    purpose = policies.purposes.get(record.purpose)
+    lapses = grant_expiry(purpose, as_events([record])[0]) if purpose and record.granted else None
+    if lapses is not None:
+        expired = {**data, "state": ConsentState.EXPIRED.value, "effective_at": lapses.isoformat()}
+        enqueue(
+            recipients,
+            message_type=changed,
+            pseudonym=pseudonym,
+            data=expired,
+            keyring=keyring,
+            now=now,
+            due=lapses,
+        )
+
+
+def consent_changed(subject_id: str, record: ConsentRecord) -> dict[str, Any]:
+    """The data of a `consent.changed` message reporting `record`."""
+    state = ConsentState.GRANTED if record.granted else ConsentState.WITHDRAWN
+    return {
+        "subject_id": subject_id,
+        "purpose": record.purpose,
+        "state": state.value,
+        "effective_at": record.recorded_at.isoformat(),
+        "source": record.source,
+        "receipt_id": record.receipt_id,
+    }

@@ -34,6 +34,7 @@ from gateway.store.models import (
     AuditPending,
     BaseModel,
     ConsentRecord,
+    Delivery,
     EventTally,
     KeyDestruction,
     KeyringFingerprint,
@@ -108,6 +109,29 @@ def _add_event_tallies(migrator: SchemaMigrator, keyring: Keyring) -> None:
     tallies.rebuild()
 
 
+def _add_consent_tcf_columns(migrator: SchemaMigrator, keyring: Keyring) -> None:
+    """What a consent record made from an IAB TCF string keeps of it (NULL in the others):
+    CMP id, vendor list and policy versions, LastUpdated and the string's SHA-256."""
+    table = ConsentRecord._meta.table_name  # type: ignore[attr-defined]
+    present = {column.name for column in database.get_columns(table)}
+    for field in (
+        ConsentRecord.tcf_cmp_id,
+        ConsentRecord.tcf_vendor_list_version,
+        ConsentRecord.tcf_policy_version,
+        ConsentRecord.tcf_last_updated,
+        ConsentRecord.tcf_sha256,
+    ):
+        if field.column_name not in present:
+            migrate(migrator.add_column(table, field.column_name, field))
+
+
+def _add_deliveries(migrator: SchemaMigrator, keyring: Keyring) -> None:
+    """The outbox: messages for the recipients, written with the changes they report; and each
+    subject's sealed id, which a resync names it by (set at its next consent change)."""
+    database.create_tables([Delivery], safe=True)
+    _add_missing_columns(migrator, Subject)
+
+
 STEPS: dict[int, Callable[[SchemaMigrator, Keyring], None]] = {
     1: _to_1,
     2: _to_2,
@@ -115,6 +139,8 @@ STEPS: dict[int, Callable[[SchemaMigrator, Keyring], None]] = {
     4: _add_key_destructions,
     5: _add_audit_scheme_2,
     6: _add_event_tallies,
+    7: _add_consent_tcf_columns,
+    8: _add_deliveries,
 }
 LATEST = max(STEPS)
 

@@ -55,6 +55,9 @@ class ApiClient(BaseModel):
 class Subject(BaseModel):
     pseudonym = CharField(unique=True)  # the data key lives in the keystore under this name
     created_at = UTCDateTimeField()
+    # the raw id encrypted with the subject's own data key (unreadable once it is destroyed), so
+    # that a recipient's resync can name the subject; NULL until its first consent change
+    sealed_id = TextField(null=True)
 
 
 class ConsentRecord(BaseModel):
@@ -71,6 +74,13 @@ class ConsentRecord(BaseModel):
     # the signing key of the receipt, so receipts survive key rotation
     key_id = CharField(default="")
     signature = TextField()
+    # a record made from an IAB TCF string: what the string says of itself, and its SHA-256
+    # (never the string); NULL for every other source
+    tcf_cmp_id = IntegerField(null=True)
+    tcf_vendor_list_version = IntegerField(null=True)
+    tcf_policy_version = IntegerField(null=True)
+    tcf_last_updated = UTCDateTimeField(null=True)
+    tcf_sha256 = CharField(null=True)
 
     class Meta:
         indexes = ((("subject", "purpose", "recorded_at"), False),)
@@ -253,6 +263,39 @@ class KeyDestruction(BaseModel):
         indexes = ((("pseudonym", "key_fingerprint"), True),)
 
 
+class Delivery(BaseModel):
+    """One message for one recipient, written in the transaction of the change it reports.
+
+    `payload` (the body, which names the subject by its raw id) is encrypted with the keyring's
+    outbox key while the message waits, and set to NULL once it is delivered; the row itself
+    names the subject by pseudonym only. `id` orders the messages of one recipient and subject.
+    A grant's expiry notice is queued with the grant, due when it lapses (`next_attempt_at`
+    ahead, no attempt yet), and deleted by a later change of that purpose or an erasure.
+    """
+
+    id = BigAutoField()
+    message_id = CharField(unique=True)  # the `webhook-id`, the same on every attempt
+    recipient = CharField()
+    type = CharField()
+    subject = CharField()  # pseudonym
+    purpose = CharField(null=True)  # of a `consent.changed`
+    payload = TextField(null=True)
+    status = CharField()  # pending, delivered, failed
+    attempts = IntegerField(default=0)
+    created_at = UTCDateTimeField()
+    next_attempt_at = UTCDateTimeField()
+    claimed_by = CharField(null=True)
+    claim_expires_at = UTCDateTimeField(null=True)
+    last_error = TextField(null=True)
+    finished_at = UTCDateTimeField(null=True)
+
+    class Meta:
+        indexes = (
+            (("recipient", "subject", "id"), False),  # the earlier messages of a subject
+            (("status", "next_attempt_at"), False),  # what is due
+        )
+
+
 TABLES: list[type[Model]] = [
     ApiClient,
     Subject,
@@ -267,4 +310,5 @@ TABLES: list[type[Model]] = [
     PurgeRun,
     KeyDestruction,
     KeyringFingerprint,
+    Delivery,
 ]

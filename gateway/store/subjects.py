@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from gateway.crypto import Keyring, KeyringError
+from gateway.crypto import Keyring, KeyringError, decrypt_field, encrypt_field
 from gateway.store.db import write_transaction
 from gateway.store.keystore import destroy_key, key_fingerprint, put_key, wrapped_key
 from gateway.store.models import KeyDestruction, Subject
@@ -51,6 +51,34 @@ def data_key(keyring: Keyring, subject: Subject) -> bytes:
     if wrapped is None:
         raise KeyringError("the subject's data key was destroyed")
     return keyring.unwrap_key(wrapped)
+
+
+def _id_context(subject: Subject) -> str:
+    return f"subject-id:{subject.pseudonym}"
+
+
+def seal_subject_id(subject: Subject, subject_id: str, keyring: Keyring) -> None:
+    """Keep the subject's raw id encrypted with its data key, if not kept yet (call in a write):
+    what a recipient's resync names the subject by; destroying the key shreds it."""
+    if subject.sealed_id is not None:
+        return
+    try:
+        key = data_key(keyring, subject)
+    except KeyringError:
+        return  # no key to seal it with: a resync counts the subject as skipped
+    sealed = encrypt_field(key, subject_id, _id_context(subject))
+    Subject.update(sealed_id=sealed).where(Subject.pseudonym == subject.pseudonym).execute()
+    subject.sealed_id = sealed
+
+
+def unsealed_subject_id(subject: Subject, keyring: Keyring) -> str | None:
+    """The subject's raw id, or None if it was never sealed or its key is gone."""
+    if subject.sealed_id is None:
+        return None
+    try:
+        return decrypt_field(data_key(keyring, subject), subject.sealed_id, _id_context(subject))
+    except KeyringError:
+        return None
 
 
 def _orders(pseudonym: str | None = None) -> list[KeyDestruction]:

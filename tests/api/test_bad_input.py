@@ -15,6 +15,7 @@ from gateway.store.clients import Role, create_client
 from gateway.store.db import database
 from gateway.store.models import Attribute, AuditEntry, ConsentRecord, Event
 from tests.conftest import Caller
+from tests.tcf_strings import tc_string
 
 PROBLEM = "application/problem+json"
 SUBJECT = "subject-1"
@@ -22,7 +23,11 @@ LONG_ID = "s" * 257
 
 
 def _soon(days: float) -> str:
-    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+    return _at(days).isoformat()
+
+
+def _at(days: float) -> datetime:
+    return datetime.now(UTC) + timedelta(days=days)
 
 
 def _valid_bodies() -> dict[str, tuple[str, str, dict[str, Any]]]:
@@ -50,6 +55,16 @@ def _valid_bodies() -> dict[str, tuple[str, str, dict[str, Any]]]:
                 "source": "web_banner",
                 "notice_version": "2026-01",
                 "expires_at": _soon(30),
+            },
+        ),
+        "tcf": (
+            "PUT",
+            f"/v1/subjects/{SUBJECT}/consents",
+            {
+                "tcf": tc_string(
+                    purpose_consents=[5, 6], vendor_consents=[755], last_updated=_at(-1)
+                ),
+                "source": "web_cmp",
             },
         ),
         "events": (

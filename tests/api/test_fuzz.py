@@ -190,6 +190,7 @@ def test_any_body_is_answered(admin: Caller, endpoint: str, data: st.DataObject)
 SUBJECT_ROUTES = [
     ("PUT", "/v1/subjects/{}/consents/{}", "consent"),
     ("GET", "/v1/subjects/{}/consents", None),
+    ("PUT", "/v1/subjects/{}/consents", "tcf"),
     ("GET", "/v1/subjects/{}/consents/{}", None),
     ("POST", "/v1/subjects/{}/events", "events"),
     ("PATCH", "/v1/subjects/{}/attributes", "attributes"),
@@ -237,6 +238,8 @@ QUERY_NAMES = [
     "cursor",
     "format",
     "explain",
+    "recipient",
+    "status",
 ]
 QUERY_VALUES = TEXT | DATES | HUGE | SPECIAL | st.integers().map(str)
 # one or two arguments, so a bad value is seldom hidden behind another one
@@ -249,8 +252,14 @@ ARGUMENT_PATHS = [
     "/v1/audit/summary",
     "/v1/purges",
     "/v1/registry/records-of-processing",
+    "/v1/deliveries",
 ]
-PLAIN_PATHS = ["/v1/audit/verify", "/v1/policies", "/v1/registry/databases"]
+PLAIN_PATHS = [
+    "/v1/audit/verify",
+    "/v1/policies",
+    "/v1/registry/databases",
+    "/v1/registry/recipients",
+]
 
 
 def _query(args: dict[str, str]) -> str:

@@ -23,9 +23,13 @@ AWKWARD = 'Shop, "Ltd"; Vertrieb\nשירות 🧾'
 
 
 def documents_of(documents: tuple[Path, Path]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(registry databases, policies) as the YAML files say."""
+    """(registry databases and recipients, policies) as the YAML files say."""
     policies, registry = documents
     databases = yaml.safe_load((registry / "databases.yaml").read_text("utf-8"))["databases"]
+    recipients = yaml.safe_load((registry / "recipients.yaml").read_text("utf-8"))["recipients"]
+    databases = {
+        key: {**spec, "recipients_of_registry": recipients} for key, spec in databases.items()
+    }
     loaded: dict[str, Any] = {}
     for name in ("categories", "purposes"):
         loaded.update(yaml.safe_load((policies / f"{name}.yaml").read_text("utf-8")))
@@ -71,6 +75,11 @@ def expected_records(documents: tuple[Path, Path], today: date) -> list[dict[str
                         "sensitive": policies["categories"][category].get("sensitive", False),
                     }
                     for category in categories
+                ],
+                "recipients": [
+                    {"id": rid, "name": r["name"], "purposes": sorted(r.get("purposes", []))}
+                    for rid, r in sorted(spec["recipients_of_registry"].items())
+                    if not r.get("purposes") or set(r["purposes"]) & set(spec["purposes"])
                 ],
             }
         )
@@ -119,7 +128,10 @@ def test_the_csv_has_a_row_per_database_saying_what_the_json_says(auditor: Calle
         assert row["retention"].split("; ") == [c["retention"] for c in record["categories"]]
         pii = [c["id"] for c in record["categories"] if c["pii"]]
         assert row["pii_categories"] == "; ".join(pii)
+        assert row["recipients"] == "; ".join(r["name"] for r in record["recipients"])
     assert rows[0]["controller"] == AWKWARD
+    # the demo's mail service hears of email_marketing, which crm alone is registered for
+    assert [r["recipients"] for r in rows] == ["Newsletter mail service (local relay)", "", ""]
 
 
 def test_apps_may_not_read_the_records(shop: Caller) -> None:

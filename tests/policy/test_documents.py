@@ -437,7 +437,8 @@ def test_empty_file_is_ignored(documents: Documents) -> None:
 
 def test_empty_folder_is_an_error(documents: Documents) -> None:
     registry = documents[1]
-    (registry / "databases.yaml").unlink()
+    for document in registry.glob("*.yaml"):
+        document.unlink()
 
     assert problems_of(documents) == [f"{registry}: no *.yaml documents"]
 
