@@ -14,7 +14,10 @@
     throughput, and audited vs plain transactions: see bench/commits.py. It runs when a PostgreSQL
     server is at hand: GATEWAY_BENCH_POSTGRES_URL, else the local one `scripts/postgres.sh start`
     starts; each run works in fresh schemas of that database;
-(h) decision p50 for a subject with 10,000 events against one with 10: see bench/history.py.
+(h) decision p50 for a subject with 10,000 events against one with 10: see bench/history.py;
+(i) consent signals in and out: personalize with an unchanged TC string vs without, consent
+    changes per second with two recipients vs none, and the delivery lag of `gateway scheduler`
+    to local receivers: see bench/signals.py (asked for as (f), which was taken).
 (g) belongs to the policy preview.
 """
 
@@ -38,6 +41,7 @@ from bench.commits import bench_commits, print_commits, server_url
 from bench.history import bench_history, print_history
 from bench.personalize import CANDIDATES, Server, bench_overhead, bench_scale, seed_subject
 from bench.resume import bench_resume, print_resume
+from bench.signals import bench_signals, print_signals
 from gateway import create_app, keyring, policies
 from gateway.audit.chain import Action, AuditRecord, entry_body
 from gateway.audit.sequencer import append_chained
@@ -297,10 +301,11 @@ def bench_purge(app: Any, home: Path, rows: int, repeat: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="(a) server workers")
-    parser.add_argument("--seconds", type=float, default=10, help="(a), (f) per throughput arm")
-    parser.add_argument("--samples", type=int, default=1000, help="(a) latency samples")
+    parser.add_argument("--seconds", type=float, default=10, help="(a), (f), (i) per arm")
+    parser.add_argument("--samples", type=int, default=1000, help="(a), (i) latency samples")
     parser.add_argument("--subjects", type=int, default=1_000_000, help="(b) large store")
     parser.add_argument("--rounds", type=int, default=300, help="(h) calls per subject")
+    parser.add_argument("--changes", type=int, default=600, help="(i) changes timed to delivery")
     parser.add_argument("--entries", type=int, default=20_000, help="(c) audit entries")
     parser.add_argument("--rows", type=int, default=1_000_000, help="(d) expired rows")
     parser.add_argument("--log", type=int, default=1_000_000, help="(e) entries in the log")
@@ -317,7 +322,7 @@ def main() -> None:
         if postgres is None:
             print("(f) skipped: no PostgreSQL (set GATEWAY_BENCH_POSTGRES_URL)")
     if args.only is None:
-        args.only = "abcdefh" if postgres else "abcdeh"
+        args.only = "abcdefhi" if postgres else "abcdehi"
     if args.batch_size:
         os.environ["GATEWAY_PURGE_BATCH_SIZE"] = str(args.batch_size)
     with tempfile.TemporaryDirectory() as name:
@@ -343,6 +348,8 @@ def main() -> None:
             commits = bench_commits(folder / "f", postgres, args.seconds)
         if "h" in args.only:
             history = bench_history(make_app, folder / "h", args.rounds)
+        if "i" in args.only:
+            signals = bench_signals(folder / "i", args.samples, args.seconds, args.changes)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, "
@@ -373,6 +380,8 @@ def main() -> None:
         print_commits(commits)
     if "h" in args.only:
         print_history(history)
+    if "i" in args.only:
+        print_signals(signals)
 
 
 def print_overhead(overhead: dict[str, float]) -> None:

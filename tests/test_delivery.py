@@ -15,8 +15,12 @@ import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import keyring, policies
 from gateway.delivery import Courier
 from gateway.errors import ConfigurationError
+from gateway.store.consents import record_consent
+from gateway.store.db import database, write_transaction
+from gateway.store.subjects import ensure_subject
 from tests.api.test_erasure_fail_closed import commit_fails
 from tests.conftest import Caller
 from tests.receiver import WebhookReceiver
@@ -503,3 +507,34 @@ def test_a_message_signed_with_another_secret_is_refused_by_the_receiver(
     assert receiver.received == []
     [waiting] = deliveries(app)
     assert (waiting["status"], waiting["last_error"]) == ("pending", "HTTP 401")
+
+
+def test_a_change_timed_before_one_that_committed_first_cancels_none_of_its_messages(
+    app: Flask, mailer: Caller, receiver: WebhookReceiver
+) -> None:
+    """Two changes racing for one subject: the one that took its time first but its lock second
+    (as a request that read the clock before waiting) must not take the other's message for a
+    notice queued for later."""
+    grant(mailer, "max", granted=False)
+    earlier = datetime.now(UTC) - timedelta(seconds=5)
+    with app.app_context(), database.connection_context(), write_transaction():
+        ring = keyring()
+        subject = ensure_subject(ring, ring.pseudonym("max"), earlier)
+        record_consent(
+            subject,
+            subject_id="max",
+            purpose="email_marketing",
+            granted=True,
+            source="web_banner",
+            notice_version="2026-01",
+            expires_at=None,
+            client="racer",
+            policies=policies(),
+            keyring=ring,
+            now=earlier,
+        )
+
+    Courier(app).tick()
+    Courier(app).tick()
+
+    assert states(receiver, "max") == ["withdrawn", "granted"]

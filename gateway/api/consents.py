@@ -294,11 +294,12 @@ class SubjectPurposeConsent(MethodView):
         found = _purpose(purpose)
         client = caller(purpose)
         check_subject_id(subject_id)
-        now = datetime.now(UTC)
         pseudonym = keyring().pseudonym(subject_id)
         with write_transaction():
             # decisions on this subject commit before this change, or wait and see it
             lock_subject(pseudonym, shared=False)
+            # timed under the lock: the subject's changes are ordered by time as they commit
+            now = datetime.now(UTC)
             subject = ensure_subject(keyring(), pseudonym, now)
             record = record_consent(
                 subject,

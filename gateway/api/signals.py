@@ -12,7 +12,7 @@ other consent change.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import g
@@ -271,6 +271,8 @@ def apply_tc_string(
         with write_transaction():
             # as a single consent change: decisions on this subject commit first, or see it
             lock_subject(pseudonym, shared=False)
+            # timed under the lock: the subject's changes are ordered by time as they commit
+            now = datetime.now(UTC)
             subject = ensure_subject(keyring(), pseudonym, now)
             plan = _plan(tc, subject, purposes, settings, now)
             for outcome in (o for o in plan if o.writes):

@@ -292,6 +292,7 @@ class Delivery(BaseModel):
     class Meta:
         indexes = (
             (("recipient", "subject", "id"), False),  # the earlier messages of a subject
+            (("subject", "purpose"), False),  # the notices a change of the subject cancels
             (("status", "next_attempt_at"), False),  # what is due
         )
 

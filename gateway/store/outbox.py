@@ -89,11 +89,13 @@ def enqueue(
 
 def cancel_scheduled(pseudonym: str, now: datetime, purpose: str | None = None) -> int:
     """Delete the subject's messages queued for a later time and not yet tried (expiry notices)
-    of one purpose, or of all: a later change or an erasure makes them untrue."""
+    of one purpose, or of all: a later change or an erasure makes them untrue. A message of a
+    change itself (due when it was written) is never one of them, whatever `now` says."""
     query = Delivery.delete().where(
         (Delivery.subject == pseudonym)
         & (Delivery.status == DeliveryStatus.PENDING.value)
         & (Delivery.attempts == 0)
+        & (Delivery.next_attempt_at > Delivery.created_at)
         & (Delivery.next_attempt_at > now)
     )
     if purpose is not None:
