@@ -15,6 +15,7 @@ Each output is tagged with its scheme version and key id so keys can rotate::
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -165,6 +166,14 @@ def verify_signature(public_key: str, signature: str, payload: bytes) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=32)
+def _derived(hmac_key: bytes, use: str) -> bytes:
+    """HKDF of the HMAC key for one use, derived once per process (every outbox message and
+    console request needs one)."""
+    info = f"gateway derived secret: {use}".encode()
+    return HKDF(SHA256(), length=32, salt=None, info=info).derive(hmac_key)
+
+
 @dataclass(frozen=True)
 class Keyring:
     """Key-encryption key, pseudonym HMAC key and Ed25519 signing key, under one key id."""
@@ -274,8 +283,7 @@ class Keyring:
         """A 256-bit secret for one named use (such as signing the console's session cookies),
         derived from the HMAC key with HKDF: every process holding this keyring derives the
         same one, and it reveals neither the key nor another use's secret."""
-        info = f"gateway derived secret: {use}".encode()
-        return HKDF(SHA256(), length=32, salt=None, info=info).derive(self.hmac_key)
+        return _derived(self.hmac_key, use)
 
     def fingerprint(self) -> str:
         """A one-way value naming this keyring: its key id and every key, revealing none.

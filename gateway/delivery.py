@@ -1,7 +1,7 @@
 """Delivering the outbox to the recipients as Standard Webhooks, from `gateway scheduler`.
 
     secrets = recipient_secrets(policies, home)    # ConfigurationError naming each recipient
-    Courier(app).tick()                            # one round: claim, send, record, drop old
+    Courier(app).tick()                            # one round: lapses, claim, send, record, drop
 
 Each message is signed with its recipient's secret by the `standardwebhooks` package; its
 `webhook-id` is the message id, the same on every attempt, so a recipient can drop a repeat.
@@ -34,6 +34,7 @@ from gateway.audit.chain import Action, AuditRecord
 from gateway.crypto import Keyring, KeyringError
 from gateway.errors import ConfigurationError, GatewayError
 from gateway.policy.model import PolicySet, Recipient
+from gateway.store.consents import report_lapsed
 from gateway.store.db import database, write_transaction
 from gateway.store.leases import new_holder
 from gateway.store.models import Delivery
@@ -149,8 +150,9 @@ def send(
 
 
 class Courier:
-    """The delivery job of one scheduler process: each tick claims due messages, sends them,
-    records each attempt, and drops messages finished longer ago than GATEWAY_DELIVERY_KEEP."""
+    """The delivery job of one scheduler process: each tick queues the notices of grants that
+    lapsed, claims due messages, sends them, records each attempt, and drops messages finished
+    longer ago than GATEWAY_DELIVERY_KEEP."""
 
     def __init__(self, app: Flask) -> None:
         from gateway import policies
@@ -187,6 +189,7 @@ class Courier:
         from gateway import keyring
 
         counts = {status.value: 0 for status in DeliveryStatus}
+        report_lapsed(self.policies, keyring(), datetime.now(UTC), self.batch)
         claimed = claim_due(self.holder, now=datetime.now(UTC), lease=self.lease, limit=self.batch)
         with httpx.Client(timeout=self.timeout, follow_redirects=False) as http:
             for message in claimed:

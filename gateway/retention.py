@@ -165,10 +165,11 @@ def expired_targets(policies: PolicySet, now: datetime) -> Iterator[Target]:
             stale = Attribute.name.in_(category.attributes) & (Attribute.updated_at <= cutoff)
             yield Target(category.id, "attributes", Attribute, stale)
     for purpose in policies.purposes.values():
-        yield _consent_target(purpose, now)
+        told = any(purpose.id in r.purposes for r in policies.recipients.values())
+        yield _consent_target(purpose, now, recipients=told)
 
 
-def _consent_target(purpose: Purpose, now: datetime) -> Target:
+def _consent_target(purpose: Purpose, now: datetime, *, recipients: bool) -> Target:
     """A purpose's ended grants, and the grants before them, in an order such that no batch (nor
     a run killed between two) makes a consent count again once it has stopped counting.
 
@@ -176,7 +177,8 @@ def _consent_target(purpose: Purpose, now: datetime) -> Target:
     id), a run deletes the latest ended grant and every grant before it; withdrawals and records
     made after `now` stay. The older grants go first: while the ended grant after them stays,
     none of them is the latest record, so deleting them changes nothing. The ended grant goes
-    once no grant before it is left, so the latest record becomes a withdrawal or none.
+    once no grant before it is left, so the latest record becomes a withdrawal or none, and,
+    where the purpose has `recipients`, once the scheduler has queued the notice of its lapse.
     """
     kept_until = now - (purpose.consent_history_retention or timedelta(0))
     this, other = cast(Any, ConsentRecord), ConsentRecord.alias()
@@ -196,6 +198,8 @@ def _consent_target(purpose: Purpose, now: datetime) -> Target:
         # objection stays, or deleting it would make the objection count again.
         last = ~exists(later & (other.recorded_at <= now))
         due = due & ~(last & exists(earlier & ~other.granted))
+    if recipients:  # a lapse the scheduler has not looked at yet is still to be told of
+        due = due & this.expiry_notice_at.is_null()
     first = ~exists(earlier & other.granted)
     return Target(
         purpose.id,

@@ -13,18 +13,19 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from peewee import PeeweeException
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import keyring, policies
 from gateway.delivery import Courier
 from gateway.errors import ConfigurationError
-from gateway.store.consents import record_consent
+from gateway.store.consents import record_consent, report_lapsed
 from gateway.store.db import database, write_transaction
 from gateway.store.subjects import ensure_subject
 from tests.api.test_erasure_fail_closed import commit_fails
 from tests.conftest import Caller
 from tests.receiver import WebhookReceiver
-from tests.stores import raw
+from tests.stores import count_rows, raw
 
 SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 OTHER_SECRET = "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBvZiAzMiBieXRlcw=="
@@ -404,6 +405,19 @@ def states(receiver: WebhookReceiver, subject: str) -> list[str]:
     ]
 
 
+def marked(app: Flask) -> int:
+    """The grants whose lapse the scheduler has still to look at."""
+    return count_rows(
+        app.config, "SELECT COUNT(*) FROM consent_record WHERE expiry_notice_at IS NOT NULL"
+    )
+
+
+def look_at_lapses(app: Flask, now: datetime, limit: int = 100) -> int:
+    """One call of the scheduler's look at lapsed grants, as it would run at `now`."""
+    with app.app_context(), database.connection_context():
+        return report_lapsed(policies(), keyring(), now, limit)
+
+
 def test_a_grant_that_lapses_is_reported_once_as_expired(
     app: Flask, mailer: Caller, receiver: WebhookReceiver
 ) -> None:
@@ -411,8 +425,11 @@ def test_a_grant_that_lapses_is_reported_once_as_expired(
     courier = Courier(app)
     courier.tick()
     assert states(receiver, "ida") == ["granted"]
+    assert [d["status"] for d in deliveries(app)] == ["delivered"]  # nothing waits for the lapse
+    assert marked(app) == 1
 
     time.sleep(1.6)
+    courier.tick()
     courier.tick()
     courier.tick()
 
@@ -421,44 +438,33 @@ def test_a_grant_that_lapses_is_reported_once_as_expired(
     assert expired["data"]["effective_at"] == record["expires_at"]
     assert expired["data"]["receipt_id"] == record["receipt"]["payload"]["receipt_id"]
     assert expired["timestamp"] == record["expires_at"]
+    assert marked(app) == 0
 
 
-def test_a_waiting_expiry_notice_holds_back_no_other_message(
-    make_app: Any,
-    documents: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    receiver: WebhookReceiver,
+def test_a_grant_that_never_ends_is_not_marked(app: Flask, mailer: Caller) -> None:
+    grant(mailer, "ida")  # email_marketing has no consent_max_age, and no expires_at is given
+
+    assert marked(app) == 0
+
+
+def test_a_lapse_found_while_the_grant_is_still_being_retried_waits_for_it(
+    app: Flask, mailer: Caller, receiver: WebhookReceiver
 ) -> None:
-    write_recipients(documents[1], receiver.url)
-    replace = documents[1] / "recipients.yaml"
-    replace.write_text(
-        replace.read_text().replace("[email_marketing]", "[email_marketing, recommendations]")
-    )
-    monkeypatch.setenv("TEST_CRM_SECRET", SECRET)
-    both = make_app()
-    admin = _admin(both)
-    grant_until(admin, "jon", seconds=60)
-    grant(admin, "jon", purpose="recommendations")  # of the same subject, to the same recipient
+    receiver.answers = [500]
+    grant_until(mailer, "ida", seconds=1.0)
+    courier = Courier(app)
+    courier.tick()  # the grant's first attempt fails
 
-    Courier(both).tick()
-    Courier(both).tick()  # the second change once the first is out
+    time.sleep(1.1)
+    courier.tick()  # the lapse is queued behind the grant, which goes first
+    courier.tick()
 
-    assert states(receiver, "jon") == ["granted", "granted"]
-    assert [r.body["data"]["purpose"] for r in receiver.delivered()] == [
-        "email_marketing",
-        "recommendations",
-    ]
-    # the notice of email_marketing's expiry still waits, then (recommendations' own at P13M)
-    assert [d["status"] for d in deliveries(both)] == [
-        "delivered",
-        "pending",
-        "delivered",
-        "pending",
-    ]
+    assert states(receiver, "ida") == ["granted", "expired"]
+    assert [r.answered for r in receiver.received] == [500, 200, 200]
 
 
 @pytest.mark.parametrize("change", ["withdrawal", "new_grant", "erasure"])
-def test_a_later_change_or_an_erasure_cancels_the_expiry_notice(
+def test_a_grant_superseded_or_erased_before_it_lapses_is_never_reported_expired(
     app: Flask, mailer: Caller, admin: Caller, receiver: WebhookReceiver, change: str
 ) -> None:
     grant_until(mailer, "lea", seconds=1.0)
@@ -484,6 +490,102 @@ def test_a_later_change_or_an_erasure_cancels_the_expiry_notice(
     )
     assert deliveries(app)[-1]["status"] == "delivered"
     assert "lea" not in stored_text(app)
+    assert marked(app) == 0  # looked at once, then never again
+
+
+def test_lapses_are_looked_at_in_batches_oldest_lapse_first(app: Flask, mailer: Caller) -> None:
+    names = [f"sub-{n}" for n in range(7)]
+    for n, name in enumerate(names):  # the later granted, the sooner it lapses
+        grant_until(mailer, name, seconds=600 - n)
+    later = datetime.now(UTC) + timedelta(seconds=601)
+
+    assert [look_at_lapses(app, later, limit=3) for _ in range(4)] == [3, 3, 1, 0]
+
+    with app.app_context():
+        lapse_order = [keyring().pseudonym(name) for name in reversed(names)]
+    queued = [d["subject"] for d in deliveries(app)]
+    assert queued[len(names) :] == lapse_order  # after the grants, in the order they lapsed
+
+
+def test_two_schedulers_looking_at_once_report_each_lapse_once(app: Flask, mailer: Caller) -> None:
+    subjects = 40
+    for n in range(subjects):
+        grant_until(mailer, f"sub-{n}", seconds=600)
+    later = datetime.now(UTC) + timedelta(seconds=601)
+    looked: list[int] = []
+    start = threading.Barrier(2)
+
+    def scheduler() -> None:
+        start.wait()
+        while found := look_at_lapses(app, later, limit=3):
+            looked.append(found)
+
+    threads = [threading.Thread(target=scheduler) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(looked) == subjects
+    assert count_rows(app.config, "SELECT COUNT(*) FROM delivery") == 2 * subjects
+    assert marked(app) == 0
+
+
+# A fault at COMMIT of any transaction that writes to the outbox: a row breaking a deferred
+# foreign key (SQLite), a deferred constraint trigger that raises (PostgreSQL).
+OUTBOX_FAULT = {
+    "sqlite": [
+        "CREATE TABLE commit_fault (subject_id INTEGER"
+        " REFERENCES subject (id) DEFERRABLE INITIALLY DEFERRED)",
+        "CREATE TRIGGER commit_fault_delivery AFTER INSERT ON delivery"
+        " BEGIN INSERT INTO commit_fault VALUES (-1); END",
+    ],
+    "postgresql": [
+        "CREATE FUNCTION commit_fault() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'fault at commit'; END $$",
+        "CREATE CONSTRAINT TRIGGER commit_fault AFTER INSERT ON delivery"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION commit_fault()",
+    ],
+}
+OUTBOX_REPAIR = {
+    "sqlite": ["DROP TRIGGER commit_fault_delivery", "DROP TABLE commit_fault"],
+    "postgresql": ["DROP TRIGGER commit_fault ON delivery", "DROP FUNCTION commit_fault()"],
+}
+
+
+def test_a_lapse_whose_notice_cannot_commit_is_reported_by_the_next_look(
+    app: Flask, mailer: Caller, receiver: WebhookReceiver
+) -> None:
+    grant_until(mailer, "ida", seconds=600)
+    later = datetime.now(UTC) + timedelta(seconds=601)
+    with raw(app.config) as db:
+        for sql in OUTBOX_FAULT["postgresql" if db.postgres else "sqlite"]:
+            db.execute(sql)
+
+    with pytest.raises(PeeweeException):
+        look_at_lapses(app, later)
+
+    assert marked(app) == 1  # the mark is cleared only with the notice it queues
+    assert len(deliveries(app)) == 1
+    with raw(app.config) as db:
+        for sql in OUTBOX_REPAIR["postgresql" if db.postgres else "sqlite"]:
+            db.execute(sql)
+    assert look_at_lapses(app, later) == 1
+    assert marked(app) == 0
+    assert [d["type"] for d in deliveries(app)] == ["consent.changed", "consent.changed"]
+
+
+def test_a_lapse_of_a_purpose_no_recipient_lists_is_looked_at_and_queues_nothing(
+    app: Flask, shop: Caller
+) -> None:
+    lapses = (datetime.now(UTC) + timedelta(seconds=600)).isoformat()
+    body = {"granted": True, **CONSENT, "expires_at": lapses}
+    assert shop.put("/v1/subjects/ida/consents/recommendations", body).status_code == 200
+    assert marked(app) == 1
+
+    assert look_at_lapses(app, datetime.now(UTC) + timedelta(seconds=601)) == 1
+
+    assert (marked(app), deliveries(app)) == (0, [])
 
 
 def test_a_lease_that_would_not_outlast_an_attempt_is_refused(app: Flask) -> None:
@@ -509,12 +611,12 @@ def test_a_message_signed_with_another_secret_is_refused_by_the_receiver(
     assert (waiting["status"], waiting["last_error"]) == ("pending", "HTTP 401")
 
 
-def test_a_change_timed_before_one_that_committed_first_cancels_none_of_its_messages(
+def test_a_change_timed_before_one_that_committed_first_loses_none_of_its_messages(
     app: Flask, mailer: Caller, receiver: WebhookReceiver
 ) -> None:
-    """Two changes racing for one subject: the one that took its time first but its lock second
-    (as a request that read the clock before waiting) must not take the other's message for a
-    notice queued for later."""
+    """A change recorded with a time before that of one that committed first (as a request
+    that read the clock before waiting for the lock would): both messages go, in the order
+    they were queued."""
     grant(mailer, "max", granted=False)
     earlier = datetime.now(UTC) - timedelta(seconds=5)
     with app.app_context(), database.connection_context(), write_transaction():
@@ -538,3 +640,20 @@ def test_a_change_timed_before_one_that_committed_first_cancels_none_of_its_mess
     Courier(app).tick()
 
     assert states(receiver, "max") == ["withdrawn", "granted"]
+
+
+def test_a_purge_keeps_a_lapsed_grant_until_the_scheduler_has_reported_it(
+    app: Flask, mailer: Caller, admin: Caller, receiver: WebhookReceiver
+) -> None:
+    grant_until(mailer, "ida", seconds=1.0)
+    time.sleep(1.1)
+    held = "SELECT COUNT(*) FROM consent_record"
+
+    assert admin.post("/v1/purges", {"dry_run": False}).status_code == 200
+    assert count_rows(app.config, held) == 1  # lapsed, but not yet told: it stays
+
+    Courier(app).tick()
+    Courier(app).tick()
+    assert states(receiver, "ida") == ["granted", "expired"]
+    assert admin.post("/v1/purges", {"dry_run": False}).status_code == 200
+    assert count_rows(app.config, held) == 0

@@ -24,7 +24,7 @@ from gateway.store.clients import Role
 from gateway.store.consents import consent_records, receipt
 from gateway.store.db import database, fold_wal, lock_subject, write_transaction
 from gateway.store.models import AuditEntry, KeyDestruction
-from gateway.store.outbox import MessageType, cancel_scheduled, enqueue
+from gateway.store.outbox import MessageType, enqueue
 from gateway.store.profiles import erase, everything
 from gateway.store.subjects import (
     destruction_pending,
@@ -250,9 +250,7 @@ def _erase_ordering_destruction(pseudonym: str, now: datetime) -> tuple[dict[str
 
 
 def _tell_recipients(subject_id: str, pseudonym: str, now: datetime) -> None:
-    """Queue `subject.erased` for every recipient, in the erasure's transaction, in place of
-    the subject's expiry notices still waiting for their time."""
-    cancel_scheduled(pseudonym, now)
+    """Queue `subject.erased` for every recipient, in the erasure's transaction."""
     enqueue(
         policies().recipients.values(),
         message_type=MessageType.SUBJECT_ERASED,

@@ -7,17 +7,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from peewee import fn
+
 from gateway.crypto import SIGNATURE_ALGORITHM, Keyring, canonical_json
 from gateway.policy.engine import ConsentEvent, ConsentState, grant_expiry
 from gateway.policy.model import PolicySet
 from gateway.policy.signals import Choice
+from gateway.store.db import write_transaction
 from gateway.store.models import ConsentRecord, Subject
-from gateway.store.outbox import MessageType, cancel_scheduled, consent_recipients, enqueue
+from gateway.store.outbox import MessageType, consent_recipients, enqueue
 from gateway.store.statements import Statement
-from gateway.store.subjects import seal_subject_id
+from gateway.store.subjects import seal_subject_id, unsealed_subject_id
 
 # The order of a history: by time, then as recorded.
-_OLDEST_FIRST = (ConsentRecord.recorded_at, ConsentRecord._meta.primary_key)
+_RECORD_ID: Any = ConsentRecord._meta.primary_key  # type: ignore[attr-defined]
+_OLDEST_FIRST = (ConsentRecord.recorded_at, _RECORD_ID)
 # Every decision reads a subject's history, then its receipts again under the subject's lock.
 _HISTORY = Statement(
     lambda subject_id: (
@@ -148,9 +152,9 @@ def record_consent(
     tcf: TcfSignal | None = None,
 ) -> ConsentRecord:
     """Append one consent change, sign its receipt and queue a `consent.changed` message for
-    each recipient of the purpose, with the notice of a grant's expiry due when it lapses (call
-    inside a write transaction: all of it commits together, or none of it). `tcf` is the TC
-    string the change was read from, if it was."""
+    each recipient of the purpose (call inside a write transaction: all of it commits together,
+    or none of it). A grant that ends is marked for `report_lapsed` to find when it does. `tcf`
+    is the TC string the change was read from, if it was."""
     record = ConsentRecord(
         subject=subject,
         receipt_id=str(uuid.uuid4()),
@@ -165,6 +169,9 @@ def record_consent(
         policy_hash=policies.hash,
         key_id=keyring.key_id,
     )
+    purpose_policy = policies.purposes.get(purpose)
+    if granted and purpose_policy is not None:
+        record.expiry_notice_at = grant_expiry(purpose_policy, as_events([record])[0])
     if tcf is not None:
         record.tcf_cmp_id = tcf.cmp_id
         record.tcf_vendor_list_version = tcf.vendor_list_version
@@ -188,30 +195,75 @@ def _tell_recipients(
     keyring: Keyring,
     now: datetime,
 ) -> None:
-    """Queue the change for the purpose's recipients in place of any expiry notice of the
-    purpose still waiting, and a grant's own expiry notice, due when it lapses."""
+    """Queue the change for the purpose's recipients."""
     recipients = consent_recipients(policies.recipients.values(), record.purpose)
-    if not recipients:
-        return
-    cancel_scheduled(pseudonym, now, record.purpose)
-    data = consent_changed(subject_id, record)
-    changed = MessageType.CONSENT_CHANGED
-    enqueue(
-        recipients, message_type=changed, pseudonym=pseudonym, data=data, keyring=keyring, now=now
-    )
-    purpose = policies.purposes.get(record.purpose)
-    lapses = grant_expiry(purpose, as_events([record])[0]) if purpose and record.granted else None
-    if lapses is not None:
-        expired = {**data, "state": ConsentState.EXPIRED.value, "effective_at": lapses.isoformat()}
+    if recipients:
+        data = consent_changed(subject_id, record)
+        changed = MessageType.CONSENT_CHANGED
         enqueue(
             recipients,
             message_type=changed,
             pseudonym=pseudonym,
-            data=expired,
+            data=data,
             keyring=keyring,
             now=now,
-            due=lapses,
         )
+
+
+def report_lapsed(policies: PolicySet, keyring: Keyring, now: datetime, limit: int) -> int:
+    """Queue `consent.changed` with state `expired` for up to `limit` grants that lapsed by
+    `now`, to the recipients of their purpose, oldest lapse first; returns how many grants
+    were looked at. A grant a later change of its purpose superseded is passed over silently,
+    and so is one whose subject can no longer be named (its key destroyed). Each is looked
+    at once: its mark is cleared in the transaction that queues its message, which holds the
+    write lock, as every consent change does, so none changes under it."""
+    lapsed = ConsentRecord.expiry_notice_at <= now
+    if not ConsentRecord.select(_RECORD_ID).where(lapsed).exists():
+        return 0  # most rounds: no write lock taken for nothing
+    with write_transaction():
+        later = ConsentRecord.alias()
+        superseded = later.select(later.id).where(
+            (later.subject == ConsentRecord.subject)
+            & (later.purpose == ConsentRecord.purpose)
+            & (
+                (later.recorded_at > ConsentRecord.recorded_at)
+                | ((later.recorded_at == ConsentRecord.recorded_at) & (later.id > _RECORD_ID))
+            )
+        )
+        found = list(
+            ConsentRecord.select(ConsentRecord, Subject, fn.EXISTS(superseded).alias("superseded"))
+            .join(Subject)
+            .where(lapsed)
+            .order_by(ConsentRecord.expiry_notice_at, _RECORD_ID)
+            .limit(limit)
+        )
+        for record in found:
+            recipients = consent_recipients(policies.recipients.values(), record.purpose)
+            if record.superseded or not recipients:  # type: ignore[attr-defined]
+                continue
+            subject_id = unsealed_subject_id(record.subject, keyring)
+            if subject_id is None:
+                continue
+            lapses = record.expiry_notice_at
+            data = {
+                **consent_changed(subject_id, record),
+                "state": ConsentState.EXPIRED.value,
+                "effective_at": lapses.isoformat(),
+            }
+            enqueue(
+                recipients,
+                message_type=MessageType.CONSENT_CHANGED,
+                pseudonym=record.subject.pseudonym,
+                data=data,
+                keyring=keyring,
+                now=now,
+                happened_at=lapses,
+            )
+        if found:
+            ConsentRecord.update(expiry_notice_at=None).where(
+                _RECORD_ID.in_([record.get_id() for record in found])
+            ).execute()
+    return len(found)
 
 
 def consent_changed(subject_id: str, record: ConsentRecord) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from peewee import IntegerField, Model
 from playhouse.migrate import SchemaMigrator, migrate
@@ -132,6 +132,35 @@ def _add_deliveries(migrator: SchemaMigrator, keyring: Keyring) -> None:
     _add_missing_columns(migrator, Subject)
 
 
+def _find_lapses_by_scan(migrator: SchemaMigrator, keyring: Keyring) -> None:
+    """Expiry notices are no longer queued with a grant, due when it lapses: the grant is marked
+    (`expiry_notice_at`) and the scheduler queues the notice when it finds it lapsed. Each notice
+    still waiting becomes the mark on the grant it was queued for, and goes."""
+    _add_missing_columns(migrator, ConsentRecord)
+    database.create_tables([ConsentRecord], safe=True)  # its index on the mark
+    record_id: Any = ConsentRecord._meta.primary_key  # type: ignore[attr-defined]
+    waiting = Delivery.select().where(
+        (Delivery.status == "pending")
+        & (Delivery.attempts == 0)
+        & (Delivery.next_attempt_at > Delivery.created_at)
+        & Delivery.purpose.is_null(False)
+    )
+    for notice in waiting.order_by(Delivery.id):
+        latest = (
+            ConsentRecord.select()
+            .join(Subject)
+            .where(Subject.pseudonym == notice.subject, ConsentRecord.purpose == notice.purpose)
+            .order_by(ConsentRecord.recorded_at.desc(), record_id.desc())
+            .first()
+        )
+        if latest is not None and latest.granted:
+            ConsentRecord.update(expiry_notice_at=notice.next_attempt_at).where(
+                record_id == latest.get_id()
+            ).execute()
+        notice.delete_instance()
+    database.execute_sql("DROP INDEX IF EXISTS delivery_subject_purpose")  # what cancelled them
+
+
 STEPS: dict[int, Callable[[SchemaMigrator, Keyring], None]] = {
     1: _to_1,
     2: _to_2,
@@ -141,6 +170,7 @@ STEPS: dict[int, Callable[[SchemaMigrator, Keyring], None]] = {
     6: _add_event_tallies,
     7: _add_consent_tcf_columns,
     8: _add_deliveries,
+    9: _find_lapses_by_scan,
 }
 LATEST = max(STEPS)
 

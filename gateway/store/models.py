@@ -81,9 +81,15 @@ class ConsentRecord(BaseModel):
     tcf_policy_version = IntegerField(null=True)
     tcf_last_updated = UTCDateTimeField(null=True)
     tcf_sha256 = CharField(null=True)
+    # when the scheduler should tell the purpose's recipients that this grant lapsed (set at a
+    # grant with an end, from `grant_expiry`); NULL once it has looked, and for any other record
+    expiry_notice_at = UTCDateTimeField(null=True)
 
     class Meta:
-        indexes = ((("subject", "purpose", "recorded_at"), False),)
+        indexes = (
+            (("subject", "purpose", "recorded_at"), False),
+            (("expiry_notice_at",), False),  # the grants lapsed and not yet looked at
+        )
 
 
 class Attribute(BaseModel):
@@ -269,8 +275,7 @@ class Delivery(BaseModel):
     `payload` (the body, which names the subject by its raw id) is encrypted with the keyring's
     outbox key while the message waits, and set to NULL once it is delivered; the row itself
     names the subject by pseudonym only. `id` orders the messages of one recipient and subject.
-    A grant's expiry notice is queued with the grant, due when it lapses (`next_attempt_at`
-    ahead, no attempt yet), and deleted by a later change of that purpose or an erasure.
+    A grant's lapse is queued when the scheduler finds it (`ConsentRecord.expiry_notice_at`).
     """
 
     id = BigAutoField()
@@ -292,7 +297,6 @@ class Delivery(BaseModel):
     class Meta:
         indexes = (
             (("recipient", "subject", "id"), False),  # the earlier messages of a subject
-            (("subject", "purpose"), False),  # the notices a change of the subject cancels
             (("status", "next_attempt_at"), False),  # what is due
         )
 

@@ -8,9 +8,8 @@
 
 A message commits or rolls back with its change, so a committed change is delivered at least once
 and a rolled-back one never is. For one recipient and subject only the earliest pending message
-that is due or being retried is ever claimed, so they arrive in the order of the changes (an
-expiry notice waits for its time without holding later ones back). A claim is a lease on the
-row: a process that dies mid-delivery leaves it to be claimed again once the lease expires.
+is ever claimed, so they arrive in the order of the changes. A claim is a lease on the row: a
+process that dies mid-delivery leaves it to be claimed again once the lease expires.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from gateway.crypto import Keyring
 from gateway.policy.model import Recipient
 from gateway.store.db import write_transaction
 from gateway.store.models import Delivery
+from gateway.store.statements import Statement
 
 
 class MessageType(StrEnum):
@@ -51,6 +51,22 @@ def message_body(message_type: MessageType, data: dict[str, Any], at: datetime) 
     return {"type": message_type.value, "timestamp": at.isoformat(), "data": data}
 
 
+# One row per recipient: the columns written, in the model's order (the statement's own).
+_COLUMNS = (
+    Delivery.message_id,
+    Delivery.recipient,
+    Delivery.type,
+    Delivery.subject,
+    Delivery.purpose,
+    Delivery.payload,
+    Delivery.status,
+    Delivery.attempts,
+    Delivery.created_at,
+    Delivery.next_attempt_at,
+)
+_INSERT = Statement(lambda *values: Delivery.insert(dict(zip(_COLUMNS, values, strict=True))))
+
+
 def enqueue(
     recipients: Iterable[Recipient],
     *,
@@ -59,49 +75,30 @@ def enqueue(
     data: dict[str, Any],
     keyring: Keyring,
     now: datetime,
-    due: datetime | None = None,
+    happened_at: datetime | None = None,
 ) -> list[str]:
-    """Queue one message per recipient (call inside the change's write transaction), due now or
-    at `due` (a change that happens then, such as a grant lapsing); returns the message ids."""
-    at = due or now
-    body = json.dumps(message_body(message_type, data, at), sort_keys=True)
-    rows: list[dict[str, Any]] = []
+    """Queue one message per recipient, due now (call inside the change's write transaction);
+    the body's timestamp is `happened_at` if given (a grant found lapsed after its time), else
+    `now`. Returns the message ids."""
+    body = json.dumps(message_body(message_type, data, happened_at or now), sort_keys=True)
+    written = Delivery.created_at.db_value(now)
+    ids = []
     for recipient in recipients:
         message_id = f"msg_{uuid.uuid4().hex}"
-        rows.append(
-            {
-                "message_id": message_id,
-                "recipient": recipient.id,
-                "type": message_type.value,
-                "subject": pseudonym,
-                "purpose": data.get("purpose"),
-                "payload": keyring.seal_message(body, _context(message_id)),
-                "status": DeliveryStatus.PENDING.value,
-                "attempts": 0,
-                "created_at": now,
-                "next_attempt_at": at,
-            }
+        _INSERT.execute(
+            message_id,
+            recipient.id,
+            message_type.value,
+            pseudonym,
+            data.get("purpose"),
+            keyring.seal_message(body, _context(message_id)),
+            DeliveryStatus.PENDING.value,
+            0,
+            written,
+            written,
         )
-    if rows:
-        Delivery.insert_many(rows).execute()
-    return [row["message_id"] for row in rows]
-
-
-def cancel_scheduled(pseudonym: str, now: datetime, purpose: str | None = None) -> int:
-    """Delete the subject's messages queued for a later time and not yet tried (expiry notices)
-    of one purpose, or of all: a later change or an erasure makes them untrue. A message of a
-    change itself (due when it was written) is never one of them, whatever `now` says."""
-    query = Delivery.delete().where(
-        (Delivery.subject == pseudonym)
-        & (Delivery.status == DeliveryStatus.PENDING.value)
-        & (Delivery.attempts == 0)
-        & (Delivery.next_attempt_at > Delivery.created_at)
-        & (Delivery.next_attempt_at > now)
-    )
-    if purpose is not None:
-        query = query.where(Delivery.purpose == purpose)
-    deleted: int = query.execute()
-    return deleted
+        ids.append(message_id)
+    return ids
 
 
 def consent_recipients(recipients: Iterable[Recipient], purpose: str) -> list[Recipient]:
@@ -121,8 +118,6 @@ def _due(now: datetime) -> Any:
         & (earlier.subject == Delivery.subject)
         & (earlier.status == DeliveryStatus.PENDING.value)
         & (earlier.id < Delivery.id)
-        # a notice of a later change (an expiry) waits for its own time, not others for it
-        & ((earlier.attempts > 0) | (earlier.next_attempt_at <= now))
     )
     unclaimed = Delivery.claim_expires_at.is_null() | (Delivery.claim_expires_at <= now)
     return (

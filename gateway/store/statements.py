@@ -24,7 +24,8 @@ from gateway.store.db import database
 
 
 class Statement:
-    """A query of the main database whose SQL peewee builds once per database bound.
+    """A query of the main database whose SQL peewee builds once per database bound (a select,
+    or a write run with `execute`).
 
     The first call in a database builds the query from the parameters given and checks that
     its SQL takes them first, unchanged and in order; any after them (a LIMIT) are the
@@ -72,7 +73,7 @@ class _Built:
 
     def __init__(self, query: Any, sql: str, constants: tuple[Any, ...]) -> None:
         self.query, self.sql, self.constants = query, sql, constants
-        selected = query.selected_columns
+        selected = getattr(query, "selected_columns", [])  # none for a write
         self.converters = [c.python_value if isinstance(c, Field) else None for c in selected]
         self.names: list[str] = [getattr(c, "name", "") for c in selected]
 

@@ -448,8 +448,10 @@ def test_an_older_schema_built_by_its_own_ddl_is_upgraded_by_init(
     if version >= 1:  # checkpoints came with version 1
         assert runner.invoke(args=["audit", "checkpoint"]).exit_code == 0
     as_scheme_1(app)
-    with raw(app.config) as db:  # a gateway before version 7 sealed no subject's id
+    with raw(app.config) as db:  # a gateway before version 8 sealed no subject's id
         db.execute("UPDATE subject SET sealed_id = NULL")
+        # and one before version 9 marked no grant for the scheduler to find when it lapses
+        db.execute("UPDATE consent_record SET expiry_notice_at = NULL")
     fresh, before, keys = introspect(app), stored_rows(app), stored_keys(app)
     assert keys and all(keys.values())
     rebuild_as(app, version)
