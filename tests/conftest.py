@@ -249,10 +249,19 @@ def _wait_until_serving(base: str, process: subprocess.Popen[bytes]) -> None:
             time.sleep(0.1)
 
 
+def stop_all(processes: list[subprocess.Popen[bytes]], timeout: float = 15) -> None:
+    """SIGTERM each, then SIGKILL whatever is still there after `timeout`; every wait is
+    bounded."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=15)
+    stop_all([process])

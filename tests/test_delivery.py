@@ -53,31 +53,42 @@ def write_recipients(registry: Path, url: str, other_url: str | None = None) -> 
     (registry / "recipients.yaml").write_text(text, encoding="utf-8")
 
 
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
+@pytest.fixture(name="receiver")
+def delivery_receiver() -> Iterator[WebhookReceiver]:
     with WebhookReceiver(SECRET, hang_seconds=1.5) as running:
         yield running
 
 
+QUICK: dict[str, Any] = {"DELIVERY_RETRIES": "0s,0s", "DELIVERY_TIMEOUT_SECONDS": 0.5}
+
+
 def hooked_app(
-    make_app: Any, registry: Path, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+    make_app: Any,
+    registry: Path,
+    receiver: WebhookReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+    other_url: str | None = None,
+    **settings: Any,
 ) -> Flask:
-    """An app whose one recipient, `crm_sync`, is the receiver: two quick retries, then failed;
-    no answer within half a second is a timeout."""
-    write_recipients(registry, receiver.url)
+    """An app whose recipient `crm_sync` is the receiver (and `analytics` at `other_url`, if
+    given), with `settings`."""
+    write_recipients(registry, receiver.url, other_url)
     monkeypatch.setenv("TEST_CRM_SECRET", SECRET)
-    built: Flask = make_app(DELIVERY_RETRIES="0s,0s", DELIVERY_TIMEOUT_SECONDS=0.5)
+    built: Flask = make_app(**settings)
     return built
 
 
-@pytest.fixture
-def app(
+@pytest.fixture(name="app")
+def delivery_app(
     make_app: Any,
     documents: tuple[Path, Path],
     receiver: WebhookReceiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Flask:
-    return hooked_app(make_app, documents[1], receiver, monkeypatch)
+    """The fixtures `app` and `receiver` of every module on deliveries (which import them):
+    `crm_sync` is the receiver: two quick retries, then failed; no answer within half a
+    second is a timeout."""
+    return hooked_app(make_app, documents[1], receiver, monkeypatch, **QUICK)
 
 
 def deliveries(app: Flask) -> list[dict[str, Any]]:
@@ -223,9 +234,7 @@ def test_a_retry_waits_for_its_time(
     monkeypatch: pytest.MonkeyPatch,
     receiver: WebhookReceiver,
 ) -> None:
-    write_recipients(documents[1], receiver.url)
-    monkeypatch.setenv("TEST_CRM_SECRET", SECRET)
-    patient = make_app(DELIVERY_RETRIES="1h")
+    patient = hooked_app(make_app, documents[1], receiver, monkeypatch, DELIVERY_RETRIES="1h")
     receiver.answers = [500]
     grant(_admin(patient), "hana")
 
@@ -284,10 +293,8 @@ def test_an_erasure_reaches_every_recipient_and_leaves_no_raw_id_once_out(
     receiver: WebhookReceiver,
 ) -> None:
     with WebhookReceiver(OTHER_SECRET) as other:
-        write_recipients(documents[1], receiver.url, other.url)
-        monkeypatch.setenv("TEST_CRM_SECRET", SECRET)
         monkeypatch.setenv("TEST_ANALYTICS_SECRET", OTHER_SECRET)
-        both = make_app()
+        both = hooked_app(make_app, documents[1], receiver, monkeypatch, other.url)
         admin = _admin(both)
         grant(admin, "frida")
 
@@ -323,9 +330,7 @@ def test_finished_messages_are_dropped_after_the_keep(
     monkeypatch: pytest.MonkeyPatch,
     receiver: WebhookReceiver,
 ) -> None:
-    write_recipients(documents[1], receiver.url)
-    monkeypatch.setenv("TEST_CRM_SECRET", SECRET)
-    brief = make_app(DELIVERY_KEEP="PT0S")
+    brief = hooked_app(make_app, documents[1], receiver, monkeypatch, DELIVERY_KEEP="PT0S")
     grant(_admin(brief), "gus")
 
     Courier(brief).tick()  # delivered, then dropped in the same round

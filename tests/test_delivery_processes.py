@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from tests.conftest import GATEWAY, gateway_environment
+from tests.conftest import GATEWAY, gateway_environment, stop_all
 from tests.receiver import WebhookReceiver
-from tests.test_delivery import SECRET, deliveries, grant, write_recipients
+from tests.test_delivery import SECRET, deliveries, grant, hooked_app
 
 DEADLINE = 60.0
 
@@ -34,10 +34,7 @@ def app(
     receiver: WebhookReceiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Flask:
-    write_recipients(documents[1], receiver.url)
-    monkeypatch.setenv("TEST_CRM_SECRET", SECRET)
-    built: Flask = make_app()
-    return built
+    return hooked_app(make_app, documents[1], receiver, monkeypatch)
 
 
 def scheduler_environment(app: Flask) -> dict[str, str]:
@@ -65,18 +62,6 @@ def wait_for(condition: Callable[[], bool], processes: list[subprocess.Popen[byt
         time.sleep(0.1)
 
 
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
 def test_a_scheduler_killed_mid_delivery_loses_nothing(
     app: Flask, mailer: Any, receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
@@ -96,7 +81,7 @@ def test_a_scheduler_killed_mid_delivery_loses_nothing(
         wait_for(lambda: bool(receiver.delivered()), processes)
         wait_for(lambda: deliveries(app)[0]["status"] == "delivered", processes)
     finally:
-        stop(processes)
+        stop_all(processes, timeout=10)
 
     ids = {r.message_id for r in receiver.received}
     assert len(receiver.received) == 2 and ids == {claimed["message_id"]}
@@ -115,7 +100,7 @@ def test_two_scheduler_processes_share_the_work_and_never_send_a_message_twice(
         wait_for(lambda: len(receiver.delivered()) >= 30, processes)
         wait_for(lambda: {d["status"] for d in deliveries(app)} == {"delivered"}, processes)
     finally:
-        stop(processes)
+        stop_all(processes, timeout=10)
 
     ids = [r.message_id for r in receiver.received]
     assert len(ids) == 30 and len(set(ids)) == 30

@@ -40,7 +40,7 @@ from gateway.store.leases import acquire, holder_of, new_holder
 from gateway.store.models import AuditEntry, PurgeRun, Subject
 from gateway.store.subjects import ensure_subject
 from tests.api.test_personalize import break_audit, repair_audit
-from tests.conftest import GATEWAY, gateway_environment, verify_audit
+from tests.conftest import GATEWAY, gateway_environment, stop_all, verify_audit
 from tests.stores import count_rows, insert_events, raw
 
 MONDAY = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -446,19 +446,6 @@ def start_scheduler(app: Flask, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM both, then SIGKILL whatever is still there; every wait is bounded."""
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
 def activity(log: Path) -> list[re.Match[str]]:
     return list(ACTIVITY.finditer(log.read_text(encoding="utf-8", errors="replace")))
 
@@ -481,7 +468,7 @@ def test_two_scheduler_processes_never_purge_at_the_same_time(app: Flask, tmp_pa
                 break
             time.sleep(0.25)
     finally:
-        stop(processes)
+        stop_all(processes, timeout=5)
 
     runs = purge_runs(app)
     finished = [run for run in runs if run.status == "finished"]

@@ -4,33 +4,13 @@ receiver; the CLI's `gateway deliveries` reads and retries the same way."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import pytest
 from flask import Flask
 
 from gateway.delivery import Courier
 from tests.conftest import Caller
 from tests.receiver import WebhookReceiver
-from tests.test_delivery import SECRET, audit_outcomes, grant, hooked_app
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver(SECRET) as running:
-        yield running
-
-
-@pytest.fixture
-def app(
-    make_app: Any,
-    documents: tuple[Path, Path],
-    receiver: WebhookReceiver,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Flask:
-    return hooked_app(make_app, documents[1], receiver, monkeypatch)
+from tests.test_delivery import audit_outcomes, delivery_app, delivery_receiver, grant  # noqa: F401 (fixtures `app`, `receiver`)
 
 
 def failed_message(app: Flask, mailer: Caller, receiver: WebhookReceiver) -> str:

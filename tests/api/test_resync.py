@@ -14,7 +14,7 @@ from gateway.delivery import Courier
 from tests.conftest import Caller
 from tests.receiver import WebhookReceiver
 from tests.stores import raw
-from tests.test_delivery import SECRET, audit_outcomes, deliveries, grant, write_recipients
+from tests.test_delivery import SECRET, audit_outcomes, deliveries, grant, hooked_app
 
 
 @pytest.fixture
@@ -31,10 +31,7 @@ def app(
     receiver: WebhookReceiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Flask:
-    write_recipients(documents[1], receiver.url)
-    monkeypatch.setenv("TEST_CRM_SECRET", SECRET)
-    built: Flask = make_app(RESYNC_BATCH=request.param)
-    return built
+    return hooked_app(make_app, documents[1], receiver, monkeypatch, RESYNC_BATCH=request.param)
 
 
 def told(receiver: WebhookReceiver) -> list[tuple[str, str]]:

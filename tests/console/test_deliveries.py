@@ -3,11 +3,6 @@ failed message through the API's own code, CSRF-checked and audited."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
-import pytest
 from flask import Flask
 
 from gateway.delivery import Courier
@@ -16,23 +11,7 @@ from tests.conftest import Caller
 from tests.console.conftest import Browser, name_of, text
 from tests.receiver import WebhookReceiver
 from tests.stores import raw
-from tests.test_delivery import SECRET, audit_outcomes, deliveries, hooked_app
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver(SECRET) as running:
-        yield running
-
-
-@pytest.fixture
-def app(
-    make_app: Any,
-    documents: tuple[Path, Path],
-    receiver: WebhookReceiver,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Flask:
-    return hooked_app(make_app, documents[1], receiver, monkeypatch)
+from tests.test_delivery import audit_outcomes, deliveries, delivery_app, delivery_receiver  # noqa: F401 (fixtures `app`, `receiver`)
 
 
 def test_the_page_lists_deliveries_and_offers_no_retry_to_an_auditor(
